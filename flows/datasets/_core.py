@@ -1,0 +1,330 @@
+"""The dataset registry and the prepare/load API shared by every data set (numpy only; no TensorFlow)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "DatasetSpec",
+    "DATASETS",
+    "register_dataset",
+    "check_params",
+    "download",
+    "prepare",
+    "load_splits",
+    "Splits",
+    "make_tf_dataset",
+    "sha256_file",
+    "atomic_write_json",
+]
+
+#: bump when the on-disk layout of a prepared split changes
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the registry knows of a data set: its kind, event shape, prepare params and the two steps.
+
+    ``fetch(raw_dir, mirror, params) -> dict`` puts the raw files in ``raw_dir`` and returns the record written
+    to ``raw_dir/source.json``; ``build(raw_dir, params, seed) -> dict`` returns ``train``, ``val``, ``test``
+    arrays plus ``notes`` (a dict copied into the manifest) and optional ``extra`` arrays (labels).
+    """
+
+    name: str
+    kind: str  # "toy" | "tabular" | "image"
+    event_shape: tuple
+    offline: bool
+    defaults: dict[str, Any]
+    fetch: Callable[..., dict] = field(compare=False, repr=False, default=None)
+    build: Callable[..., dict] = field(compare=False, repr=False, default=None)
+    levels: int | None = None
+    description: str = ""
+    units: str = ""
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in DATASETS:
+        raise ValueError(f"dataset {spec.name!r} is registered twice")
+    if spec.kind not in ("toy", "tabular", "image"):
+        raise ValueError(f"dataset {spec.name!r}: kind {spec.kind!r} is not one of toy, tabular, image")
+    for key, value in spec.defaults.items():
+        if not isinstance(value, (bool, int, float, str, list)):
+            raise TypeError(f"dataset {spec.name!r}: default {key} = {value!r} must be int/float/str/bool/list")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def _accepted(options) -> str:
+    return ", ".join(sorted(options))
+
+
+def _type_ok(default, value) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, list):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _type_name(default) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}[type(default)]
+
+
+def check_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate prepare params of data set ``name``; return its defaults updated with them.
+
+    Raises ``ValueError`` naming the data set, the key, the bad value and what is accepted.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; accepted: {_accepted(DATASETS)}")
+    spec = DATASETS[name]
+    out = dict(spec.defaults)
+    for key, value in (params or {}).items():
+        if key not in spec.defaults:
+            raise ValueError(
+                f"dataset {name!r} has no param {key!r} (value {value!r}); accepted: {_accepted(spec.defaults) or 'none'}"
+            )
+        default = spec.defaults[key]
+        if not _type_ok(default, value):
+            raise ValueError(
+                f"dataset {name!r}: {key} = {value!r} must be {_type_name(default)} (default {default!r})"
+            )
+        out[key] = float(value) if isinstance(default, float) else list(value) if isinstance(default, list) else value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- file helpers
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write JSON to a temporary file in the same directory, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (Path,)):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` directory to ``out``; an old ``out`` is renamed aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- the API
+def _mirror_from_env(mirror):
+    return mirror if mirror else os.environ.get("FLOWS_DATA_MIRROR") or None
+
+
+def download(name: str, raw_dir, mirror: str | None = None, **params) -> dict:
+    """Fetch the raw files of ``name`` into ``raw_dir`` (created); return and write ``raw_dir/source.json``.
+
+    ``mirror`` (a local directory or a base URL; default: env ``FLOWS_DATA_MIRROR``) is tried before the
+    official sources.
+    """
+    full = check_params(name, params)
+    spec = DATASETS[name]
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    record = dict(spec.fetch(raw_dir, _mirror_from_env(mirror), full))
+    record.setdefault("dataset", name)
+    record.setdefault("files", {})
+    record["fetched_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_json(raw_dir / "source.json", record)
+    return record
+
+
+def _read_source(raw_dir: Path, name: str, params: dict) -> dict:
+    path = raw_dir / "source.json"
+    if not path.exists():
+        return download(name, raw_dir, **params)
+    return json.loads(path.read_text())
+
+
+def _source_checksum(source: dict) -> str:
+    """One sha256 over the record of fetched files (their names and checksums)."""
+    files = source.get("files", {})
+    blob = json.dumps({k: v.get("sha256") if isinstance(v, dict) else v for k, v in sorted(files.items())})
+    return hashlib.sha256((source.get("source", "") + blob).encode()).hexdigest()
+
+
+def prepare(name: str, raw_dir, out_dir, seed: int = 0, **params) -> dict:
+    """Preprocess ``raw_dir`` into ``out_dir/{train,val,test}.npy`` + ``manifest.json``, atomically.
+
+    Everything is written into a temporary sibling directory that replaces ``out_dir`` only when complete,
+    so ``out_dir`` is never half-written. Raw files are fetched first when ``raw_dir/source.json`` is absent.
+    """
+    full = check_params(name, params)
+    spec = DATASETS[name]
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    source = _read_source(raw_dir, name, params)
+    t0 = time.time()
+    result = spec.build(raw_dir, full, int(seed))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        manifest = {
+            "dataset": name,
+            "kind": spec.kind,
+            "event_shape": list(spec.event_shape),
+            "levels": spec.levels,
+            "format_version": FORMAT_VERSION,
+            "seed": int(seed),
+            "params": full,
+            "source": source.get("source"),
+            "source_checksum": _source_checksum(source),
+            "source_files": source.get("files", {}),
+            "units": spec.units,
+            "notes": result.get("notes", {}),
+            "splits": {},
+            "extra": {},
+        }
+        for split in ("train", "val", "test"):
+            arr = np.ascontiguousarray(result[split])
+            _check_split(spec, split, arr)
+            np.save(tmp / f"{split}.npy", arr, allow_pickle=False)
+            manifest["splits"][split] = {
+                "file": f"{split}.npy",
+                "shape": list(arr.shape),
+                "dtype": arr.dtype.name,
+                "sha256": sha256_file(tmp / f"{split}.npy"),
+            }
+        for key, arr in (result.get("extra") or {}).items():
+            arr = np.ascontiguousarray(arr)
+            np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
+            manifest["extra"][key] = {
+                "file": f"{key}.npy",
+                "shape": list(arr.shape),
+                "dtype": arr.dtype.name,
+                "sha256": sha256_file(tmp / f"{key}.npy"),
+            }
+        manifest["sizes"] = {s: manifest["splits"][s]["shape"][0] for s in ("train", "val", "test")}
+        manifest["prepare_seconds"] = round(time.time() - t0, 3)
+        atomic_write_json(tmp / "manifest.json", manifest)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _check_split(spec: DatasetSpec, split: str, arr: np.ndarray) -> None:
+    want = np.uint8 if spec.kind == "image" else np.float32
+    if arr.dtype != want:
+        raise TypeError(f"dataset {spec.name!r}: {split} has dtype {arr.dtype}, expected {np.dtype(want).name}")
+    if tuple(arr.shape[1:]) != tuple(spec.event_shape):
+        raise ValueError(
+            f"dataset {spec.name!r}: {split} has event shape {list(arr.shape[1:])}, expected {list(spec.event_shape)}"
+        )
+
+
+class Splits(NamedTuple):
+    """Prepared splits (memory-mapped by default) and the manifest that describes them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    manifest: dict
+
+
+def load_splits(out_dir, mmap: bool = True, verify: bool = False) -> Splits:
+    """Load ``out_dir/{train,val,test}.npy`` (no pickles); ``verify`` recomputes and checks every sha256."""
+    out_dir = Path(out_dir)
+    mpath = out_dir / "manifest.json"
+    if not mpath.exists():
+        raise FileNotFoundError(f"{mpath} does not exist; run flows.datasets.prepare(...) first")
+    manifest = json.loads(mpath.read_text())
+    arrays = []
+    for split in ("train", "val", "test"):
+        info = manifest["splits"][split]
+        path = out_dir / info["file"]
+        if verify:
+            got = sha256_file(path)
+            if got != info["sha256"]:
+                raise ValueError(
+                    f"corrupt file {path}: sha256 {got} does not match the manifest's {info['sha256']}; prepare it again"
+                )
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if list(arr.shape) != info["shape"] or arr.dtype.name != info["dtype"]:
+            raise ValueError(
+                f"corrupt file {path}: shape {list(arr.shape)} {arr.dtype.name}, manifest says {info['shape']} {info['dtype']}"
+            )
+        arrays.append(arr)
+    return Splits(*arrays, manifest)
+
+
+def make_tf_dataset(array, batch_size: int, shuffle: bool = True, seed: int = 0, repeat: bool = True,
+                    drop_remainder: bool = False, dtype=None):
+    """A ``tf.data`` pipeline over the rows of ``array`` (a memmap is streamed, never loaded whole).
+
+    Only row indices are shuffled; each batch gathers its rows from ``array`` (sorted, for sequential reads),
+    so memory stays at one index per row plus a few batches.
+    """
+    import tensorflow as tf  # lazily: the rest of flows.datasets needs numpy only
+
+    n = int(array.shape[0])
+    if n == 0:
+        raise ValueError("make_tf_dataset: array has no rows")
+    if int(batch_size) < 1:
+        raise ValueError(f"make_tf_dataset: batch_size = {batch_size!r} must be a positive integer")
+    np_dtype = np.dtype(dtype) if dtype is not None else array.dtype
+    idx = tf.data.Dataset.range(n)
+    if shuffle:
+        idx = idx.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        idx = idx.repeat()
+    idx = idx.batch(int(batch_size), drop_remainder=drop_remainder)
+
+    def gather(i):
+        i = np.sort(i)
+        return np.asarray(array[i], dtype=np_dtype)
+
+    def tf_gather(i):
+        out = tf.numpy_function(gather, [i], tf.as_dtype(np_dtype))
+        out.set_shape((int(batch_size) if drop_remainder else None,) + tuple(array.shape[1:]))
+        return out
+
+    return idx.map(tf_gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,145 @@
+"""MADE as a density model: Gaussian and mixture-of-Gaussian conditionals."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from .autoregressive import ShiftAndLogScale, check_activation, made_network
+from .base import Flow, NotInvertibleError, as_dtype, check_input
+from .layers import BijectorLayer, check_hidden_units, check_positive_int, soft_clamp
+from .registry import register
+
+tfb = tfp.bijectors
+
+__all__ = ["MADE", "build_made"]
+
+#: bound of the log-scales of the mixture components: log_sigma = 5 tanh(raw / 5)
+MOG_LOG_SCALE_BOUND = 5.0
+
+
+class MADE(Flow):
+    """MADE used as a density of its own, with Gaussian or mixture-of-Gaussian conditionals.
+
+    "MADE: Masked Autoencoder for Distribution Estimation", M. Germain, K. Gregor, I. Murray, H. Larochelle,
+    2015, https://arxiv.org/abs/1502.03509 ; the "MADE" and "MADE MoG" rows of Papamakarios et al. 2017
+    (arXiv:1705.07057).
+
+    One masked network outputs, for every feature ``i``, the parameters of ``p(x_i | x_<i)``:
+
+        log p(x) = sum_i log sum_k pi_ik N(x_i; mu_ik, sigma_ik^2),    (pi, mu, log sigma) = MADE(x)_i.
+
+    ``num_components == 1`` is the Gaussian MADE: a bijection (one MAF layer,
+    ``z_i = (x_i - mu_i) / sigma_i``), so every :class:`~flows.base.Flow` method works.  With
+    ``num_components > 1`` (MADE MoG) the model is NOT a bijection: ``log_prob`` and ``sample`` are
+    overridden (sampling draws the features one after another, ``d`` network passes) while ``inverse``,
+    ``forward`` and the per-layer trajectories raise :class:`~flows.base.NotInvertibleError`.
+
+    Arguments:
+        event_size: number of features ``d`` (at least 2).
+        num_components: mixture components per conditional (1 = Gaussian).
+        hidden_units: widths of the MADE's hidden layers.
+        activation: hidden activation.
+        dtype: float32 or float64.
+    """
+
+    def __init__(self, event_size: int, num_components: int = 1, hidden_units=(64, 64), activation="relu",
+                 dtype="float32", name="made"):
+        dtype = as_dtype(dtype)
+        d, k = int(event_size), int(num_components)
+        net = made_network(d, 2 if k == 1 else 3 * k, hidden_units, dtype, activation)
+        layers = []
+        if k == 1:
+            layers = [BijectorLayer(tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=ShiftAndLogScale(net)),
+                                    event_ndims=1, modules=[net], name="made_gaussian")]
+        super().__init__(layers, (d,), dtype, name=name)
+        self.net = net
+        self.num_components = k
+
+    @property
+    def is_bijection(self) -> bool:
+        return self.num_components == 1
+
+    def _mixture(self, x):
+        params = self.net(x)  # [batch, d, 3k]
+        k = self.num_components
+        logits, means, raw = params[..., :k], params[..., k:2 * k], params[..., 2 * k:]
+        return tf.nn.log_softmax(logits, axis=-1), means, soft_clamp(raw, MOG_LOG_SCALE_BOUND)
+
+    def log_prob(self, x, training: bool = False):
+        if self.is_bijection:
+            return super().log_prob(x, training=training)
+        x = check_input(x, self.dtype)
+        log_pi, mu, log_sigma = self._mixture(x)
+        u = (x[..., None] - mu) * tf.exp(-log_sigma)
+        log_normal = -0.5 * tf.square(u) - log_sigma - tf.constant(0.5 * math.log(2 * math.pi), self.dtype)
+        return tf.reduce_sum(tf.reduce_logsumexp(log_pi + log_normal, axis=-1), axis=-1)
+
+    def sample(self, n: int, seed: int | None = None, temperature: float = 1.0):
+        if self.is_bijection:
+            return super().sample(n, seed, temperature)
+        n, d = int(n), self.event_size
+        x = tf.zeros([n, d], self.dtype)
+        for i in range(d):  # feature i depends on features < i only: d sequential passes
+            log_pi, mu, log_sigma = self._mixture(x)
+            if seed is None:
+                comp = tf.random.categorical(log_pi[:, i], 1, dtype=tf.int32)
+                eps = tf.random.normal([n, 1], dtype=self.dtype)
+            else:
+                comp = tf.random.stateless_categorical(log_pi[:, i], 1, seed=[int(seed), 2 * i + 1], dtype=tf.int32)
+                eps = tf.random.stateless_normal([n, 1], seed=[int(seed), 2 * i + 2], dtype=self.dtype)
+            m = tf.gather(mu[:, i], comp, batch_dims=1)
+            s = tf.exp(tf.gather(log_sigma[:, i], comp, batch_dims=1))
+            value = m + s * eps * tf.cast(temperature, self.dtype)
+            x = x + value * tf.one_hot(i, d, dtype=self.dtype)[None, :]
+        return x
+
+    def sample_and_log_prob(self, n: int, seed: int | None = None):
+        if self.is_bijection:
+            return super().sample_and_log_prob(n, seed)
+        x = self.sample(n, seed)
+        return x, self.log_prob(x)
+
+    def _not_bijective(self, what):
+        raise NotInvertibleError(
+            f"MADE with num_components = {self.num_components} (mixture of Gaussians) is not a bijection, so it "
+            f"has no {what}; use log_prob and sample (or num_components = 1 for the Gaussian MADE)"
+        )
+
+    def inverse(self, x, training: bool = False):
+        return super().inverse(x, training) if self.is_bijection else self._not_bijective("inverse (data -> noise)")
+
+    def forward(self, z):
+        return super().forward(z) if self.is_bijection else self._not_bijective("forward (noise -> data)")
+
+    def inverse_trajectory(self, x, training: bool = False):
+        if self.is_bijection:
+            return super().inverse_trajectory(x, training)
+        return self._not_bijective("per-layer trajectory")
+
+    def forward_trajectory(self, z):
+        return super().forward_trajectory(z) if self.is_bijection else self._not_bijective("per-layer trajectory")
+
+
+@register(
+    "made",
+    {"num_components": 1, "hidden_units": [64, 64], "activation": "relu"},
+    paper="Germain, Gregor, Murray, Larochelle 2015, MADE: Masked Autoencoder for Distribution Estimation, "
+          "https://arxiv.org/abs/1502.03509",
+)
+def build_made(event_shape, dtype, num_components=1, hidden_units=(64, 64), activation="relu") -> Flow:
+    """MADE density (Germain et al. 2015): Gaussian (``num_components = 1``) or mixture-of-Gaussian conditionals.
+
+    See :class:`MADE`.  With more than one component it samples but has no inverse or trajectories.
+    """
+    if len(event_shape) != 1:
+        raise ValueError(f"made: event shape {list(event_shape)} must be [d] (a vector)")
+    d = int(event_shape[0])
+    if d < 2:
+        raise ValueError(f"made: event size d = {d} must be at least 2 for an autoregressive network")
+    k = check_positive_int(num_components, "num_components", "made")
+    units = check_hidden_units(hidden_units, "made")
+    check_activation(activation, "made")
+    return MADE(d, k, units, activation, dtype)

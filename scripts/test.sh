@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Quick start 2: set up, then run the whole test suite (unit tests and the end-to-end pipeline test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
+exec .venv/bin/python -m pytest "$@"

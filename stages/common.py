@@ -1,0 +1,277 @@
+"""What every stage shares: the repository paths, params.yaml loading and validation, atomic writes, and the
+one-line error exit.  Validation runs before any work, so a bad value costs nothing and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = "params.yaml"
+
+#: training settings accepted under datasets.<name>.train, with their types and lower bounds
+TRAIN_KEYS: dict[str, tuple[type, float | None]] = {
+    "steps": (int, 1),
+    "batch_size": (int, 1),
+    "learning_rate": (float, 0.0),
+    "eval_every": (int, 1),
+    "eval_batch_size": (int, 1),
+    "clip_norm": (float, 0.0),
+    "patience": (int, 0),
+    "max_val": (int, 1),
+    "logit_alpha": (float, 0.0),
+}
+TOP_KEYS = {"seed", "flow", "dataset", "grid", "flows", "datasets", "data"}
+
+
+class ParamsError(ValueError):
+    """A value in params.yaml is wrong; the message names the key, the value and what is accepted."""
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing input, bad file); the message says which and what to do."""
+
+
+def run_main(main):
+    """Run a stage's main(); turn expected errors into one line on stderr and exit status 2."""
+    try:
+        main()
+    except (ParamsError, StageError, FileNotFoundError, ValueError, TypeError) as exc:
+        msg = " ".join(str(exc).split())  # one line, whatever the message contained
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------------------------- params
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
+
+
+def _fail(key: str, value: Any, expected: str, file: str = PARAMS_FILE):
+    raise ParamsError(f"{file}: {key} = {value!r} is invalid: {expected}")
+
+
+def _accepted(names) -> str:
+    return ", ".join(sorted(names))
+
+
+def load_params(path: str | os.PathLike | None = None) -> dict:
+    """Read and validate params.yaml; returns the dict with every section completed by the defaults."""
+    import flows
+    import flows.datasets as fd
+
+    path = Path(path) if path else Path.cwd() / PARAMS_FILE
+    name = path.name
+    if not path.exists():
+        raise StageError(f"{path} not found: run the stage from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{name}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(raw, dict):
+        _fail("<top level>", raw, "a mapping of sections", name)
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ParamsError(f"{name}: unknown key {key!r}; accepted: {_accepted(TOP_KEYS)}")
+
+    seed = raw.get("seed", 0)
+    if not _is_int(seed) or seed < 0:
+        _fail("seed", seed, "a non-negative integer", name)
+
+    flow_names, ds_names = set(flows.FLOWS), set(fd.DATASETS)
+
+    def check_flow(key, value):
+        if not isinstance(value, str) or value not in flow_names:
+            _fail(key, value, f"accepted flows: {_accepted(flow_names)}", name)
+
+    def check_dataset(key, value):
+        if not isinstance(value, str) or value not in ds_names:
+            _fail(key, value, f"accepted datasets: {_accepted(ds_names)}", name)
+
+    check_flow("flow", raw.get("flow"))
+    check_dataset("dataset", raw.get("dataset"))
+
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict) or set(grid) - {"flows", "datasets"}:
+        _fail("grid", grid, "a mapping with keys flows and datasets (lists of names)", name)
+    for sub, check in (("flows", check_flow), ("datasets", check_dataset)):
+        items = grid.get(sub, [])
+        if not isinstance(items, list) or not items:
+            _fail(f"grid.{sub}", items, "a non-empty list of names", name)
+        if len(set(items)) != len(items):
+            _fail(f"grid.{sub}", items, "names must not repeat", name)
+        for i, item in enumerate(items):
+            check(f"grid.{sub}[{i}]", item)
+
+    flow_sections = raw.get("flows") or {}
+    if not isinstance(flow_sections, dict):
+        _fail("flows", flow_sections, "a mapping flow name -> hyper-parameters", name)
+    full_flows = {}
+    for fname, hp in flow_sections.items():
+        check_flow(f"flows.{fname}", fname) if fname not in flow_names else None
+        if hp is not None and not isinstance(hp, dict):
+            _fail(f"flows.{fname}", hp, "a mapping of hyper-parameters", name)
+        try:
+            full_flows[fname] = flows.check_hparams(fname, hp or {}, where=f"{name}: flows.{fname}")
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from None
+    for fname in flow_names:
+        full_flows.setdefault(fname, flows.check_hparams(fname, {}))
+
+    ds_sections = raw.get("datasets") or {}
+    if not isinstance(ds_sections, dict):
+        _fail("datasets", ds_sections, "a mapping dataset name -> {data, train}", name)
+    full_ds = {}
+    for dname in ds_names | set(ds_sections):
+        section = ds_sections.get(dname) or {}
+        key = f"datasets.{dname}"
+        if dname not in ds_names:
+            _fail(key, dname, f"accepted datasets: {_accepted(ds_names)}", name)
+        allowed = {"data", "train", "overrides"}
+        if not isinstance(section, dict) or set(section) - allowed:
+            bad = sorted(set(section) - allowed) if isinstance(section, dict) else section
+            _fail(key, bad, "a mapping with keys data (preparation), train (training settings) and "
+                  "overrides (per-flow hparams/train)", name)
+        try:
+            data = fd.check_params(dname, section.get("data") or {})
+        except ValueError as exc:
+            raise ParamsError(f"{name}: {key}.data: {' '.join(str(exc).split())}") from None
+        train = check_train(section.get("train") or {}, f"{key}.train", name)
+        overrides = section.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            _fail(f"{key}.overrides", overrides, "a mapping flow name -> {hparams, train}", name)
+        full_over = {}
+        for fname, over in overrides.items():
+            okey = f"{key}.overrides.{fname}"
+            if fname not in flow_names:
+                _fail(okey, fname, f"accepted flows: {_accepted(flow_names)}", name)
+            if not isinstance(over, dict) or set(over) - {"hparams", "train"}:
+                _fail(okey, over, "a mapping with keys hparams and train", name)
+            try:
+                flows.check_hparams(fname, over.get("hparams") or {}, where=f"{name}: {okey}.hparams")
+            except ValueError as exc:
+                raise ParamsError(str(exc)) from None
+            check_train(over.get("train") or {}, f"{okey}.train", name)
+            full_over[fname] = {"hparams": dict(over.get("hparams") or {}), "train": dict(over.get("train") or {})}
+        full_ds[dname] = {"data": data, "train": train, "overrides": full_over}
+
+    data = raw.get("data") or {}
+    if not isinstance(data, dict) or set(data) - {"mirror"}:
+        _fail("data", data, "a mapping with the key mirror (a directory or URL, or empty)", name)
+    mirror = data.get("mirror") or ""
+    if not isinstance(mirror, str):
+        _fail("data.mirror", mirror, "a directory path or URL string (empty for none)", name)
+
+    return {
+        "seed": seed,
+        "flow": raw["flow"],
+        "dataset": raw["dataset"],
+        "grid": {"flows": list(grid["flows"]), "datasets": list(grid["datasets"])},
+        "flows": full_flows,
+        "datasets": full_ds,
+        "data": {"mirror": mirror},
+    }
+
+
+def check_train(section: dict, key: str, file: str = PARAMS_FILE) -> dict:
+    """Validate a datasets.<name>.train section against :data:`TRAIN_KEYS`; returns it with defaults filled."""
+    from flows.training import TrainConfig
+
+    if not isinstance(section, dict):
+        _fail(key, section, "a mapping of training settings", file)
+    out = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
+    out["logit_alpha"] = 1e-6
+    for k, v in section.items():
+        if k not in TRAIN_KEYS:
+            raise ParamsError(f"{file}: {key} has no setting {k!r}; accepted: {_accepted(TRAIN_KEYS)}")
+        typ, low = TRAIN_KEYS[k]
+        if typ is int:
+            if not _is_int(v) or v < low:
+                _fail(f"{key}.{k}", v, f"an integer >= {low}" if low else "a non-negative integer", file)
+        else:
+            if not _is_num(v) or v < low or (k in ("learning_rate",) and v <= 0):
+                _fail(f"{key}.{k}", v, "a positive number" if k == "learning_rate" else f"a number >= {low}", file)
+            if k == "logit_alpha" and not v < 0.5:
+                _fail(f"{key}.{k}", v, "a number in [0, 0.5)", file)
+            v = float(v)
+        out[k] = v
+    return out
+
+
+def cell_settings(params: dict, flow: str, dataset: str) -> tuple[dict, dict]:
+    """(hyper-parameters, training settings) of one cell: the flow's and the data set's sections, with the data
+    set's ``overrides.<flow>`` on top (paper-scale architectures differ per data set)."""
+    import flows
+
+    ds = params["datasets"][dataset]
+    over = ds["overrides"].get(flow, {})
+    hparams = flows.check_hparams(flow, {**params["flows"][flow], **over.get("hparams", {})})
+    train = {**ds["train"], **over.get("train", {})}
+    return hparams, train
+
+
+# --------------------------------------------------------------------------------------------- paths
+def cell_name(flow: str, dataset: str) -> str:
+    return f"{flow}-{dataset}"
+
+
+def raw_dir(dataset: str) -> Path:
+    return Path("data") / "raw" / dataset
+
+
+def processed_dir(dataset: str) -> Path:
+    return Path("data") / "processed" / dataset
+
+
+# --------------------------------------------------------------------------------------------- writing
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary sibling path; on success rename it onto ``path`` (a file or a directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")

@@ -1,0 +1,35 @@
+"""Stage prepare@<dataset>: preprocess data/raw/<dataset> into data/processed/<dataset>/ (train/val/test .npy
+and manifest.json), exactly as the papers did (see flows.datasets and ../shared/reference/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.common import ParamsError, StageError, load_params, processed_dir, raw_dir, run_main  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset")
+    args = ap.parse_args(argv)
+    params = load_params()
+    import flows.datasets as fd
+
+    if args.dataset not in fd.DATASETS:
+        raise ParamsError(f"dataset {args.dataset!r} is unknown; accepted: {', '.join(sorted(fd.DATASETS))}")
+    src = raw_dir(args.dataset)
+    if not (src / "source.json").exists():
+        raise StageError(f"{src} is missing: download it first (dvc repro download@{args.dataset})")
+    # flows.datasets.prepare writes into a temporary directory and renames it, so out is never half-written
+    manifest = fd.prepare(args.dataset, src, processed_dir(args.dataset), seed=params["seed"],
+                          **params["datasets"][args.dataset]["data"])
+    sizes = manifest.get("splits") or manifest.get("sizes") or {}
+    print(f"prepare@{args.dataset}: {sizes} -> {processed_dir(args.dataset)}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,131 @@
+"""MLflow tracking for the stages: where the store is, one run per training, tags that tie it to git and DVC.
+
+Default store: ``sqlite:///<repo root>/mlflow.db`` with artifacts in ``<repo root>/mlartifacts``.  The repo
+root is ``$DVC_ROOT`` when DVC runs the stage: queued and temporary experiments (``dvc exp run --queue``/``--temp``)
+run in a copy under ``.dvc/tmp/exps`` but DVC_ROOT still names the original repository, so every run lands in
+the one store that ``mlflow ui`` shows.  ``MLFLOW_TRACKING_URI`` overrides the store (e.g. a shared server).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from .common import ROOT
+
+EXPERIMENT_NAME = os.environ.get("FLOWS_MLFLOW_EXPERIMENT", "density-estimation")
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or ROOT).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def _mlflow():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def experiment_id(mlflow) -> str:
+    """The project's MLflow experiment, created on first use with artifacts under the repo root."""
+    client = mlflow.tracking.MlflowClient()
+    for attempt in range(5):
+        exp = client.get_experiment_by_name(EXPERIMENT_NAME)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            location = None
+            if tracking_uri().startswith("sqlite:"):
+                location = (repo_root() / "mlartifacts").as_uri()
+            return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+        except Exception:  # another process created it in between: read it again
+            time.sleep(0.2 * (attempt + 1))
+    raise RuntimeError(f"could not create or find the MLflow experiment {EXPERIMENT_NAME!r} at {tracking_uri()}")
+
+
+def git_commit() -> str:
+    rev = os.environ.get("DVC_EXP_BASELINE_REV")
+    if rev:
+        return rev
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=ROOT)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(stage: str, **extra) -> dict:
+    tags = {
+        "git_commit": git_commit(),
+        "dvc_stage": os.environ.get("DVC_STAGE") or stage,
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME") or "workspace",
+    }
+    tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their string form (MLflow params are strings)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if not isinstance(v, (list, tuple)) else str(list(v))
+    return out
+
+
+class Run:
+    """A thin handle on one MLflow run, started fresh or resumed by id."""
+
+    def __init__(self, run_id: str | None = None, name: str | None = None, tags: dict | None = None):
+        self.mlflow = _mlflow()
+        self.client = self.mlflow.tracking.MlflowClient()
+        if run_id is None:
+            run = self.client.create_run(experiment_id(self.mlflow), tags=tags or {}, run_name=name)
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = run_id
+            if tags:
+                for k, v in tags.items():
+                    self.client.set_tag(run_id, k, v)
+
+    def log_params(self, params: dict):
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metric(self, key: str, value: float, step: int = 0):
+        self.client.log_metric(self.run_id, key, float(value), step=int(step))
+
+    def log_metrics(self, metrics: dict, step: int = 0):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path, artifact_path: str | None = None):
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, path, artifact_path: str | None = None):
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED"):
+        self.client.set_terminated(self.run_id, status=status)
+
+    @property
+    def uri(self) -> str:
+        return tracking_uri()

@@ -1,0 +1,168 @@
+"""Stage train@<flow>-<dataset>: fit one flow to one prepared data set, as one MLflow run.
+
+Reads params.yaml (seed, flows.<flow>, datasets.<dataset>.train) and data/processed/<dataset>; writes
+models/<cell>/ (weights and config), plots/history/<cell>.csv and metrics/train/<cell>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.common import (  # noqa: E402
+    ParamsError,
+    StageError,
+    atomic_path,
+    cell_name,
+    cell_settings,
+    load_params,
+    processed_dir,
+    run_main,
+    write_json,
+)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flow", required=True)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--out", help="model directory (default models/<flow>-<dataset>)")
+    ap.add_argument("--history", help="history CSV (default plots/history/<flow>-<dataset>.csv)")
+    ap.add_argument("--metrics", help="training metrics JSON (default metrics/train/<flow>-<dataset>.json)")
+    ap.add_argument("--stage", help="DVC stage name, for the MLflow tag")
+    return ap.parse_args(argv)
+
+
+def check_choice(params, flow, dataset):
+    import flows
+    import flows.datasets as fd
+
+    if flow not in flows.FLOWS:
+        raise ParamsError(f"flow = {flow!r} is invalid: accepted flows: {', '.join(sorted(flows.FLOWS))}")
+    if dataset not in fd.DATASETS:
+        raise ParamsError(f"dataset = {dataset!r} is invalid: accepted datasets: {', '.join(sorted(fd.DATASETS))}")
+
+
+def load_data(dataset):
+    import flows.datasets as fd
+
+    path = processed_dir(dataset)
+    if not (path / "manifest.json").exists():
+        raise StageError(
+            f"{path} is missing: only the data sets in params.yaml's grid.datasets are prepared; "
+            f"add {dataset!r} there (then dvc repro prepare@{dataset})"
+        )
+    return fd.load_splits(path)
+
+
+def device_name() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else f"CPU ({platform.processor() or platform.machine()})"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    params = load_params()
+    check_choice(params, args.flow, args.dataset)
+    cell = cell_name(args.flow, args.dataset)
+    out = Path(args.out or f"models/{cell}")
+    history_path = Path(args.history or f"plots/history/{cell}.csv")
+    metrics_path = Path(args.metrics or f"metrics/train/{cell}.json")
+
+    import tensorflow as tf
+
+    import flows.datasets as fd
+    from flows.experiment import model_for_data
+    from flows.training import TrainConfig, fit
+    from stages import tracking
+
+    splits = load_data(args.dataset)
+    spec = fd.DATASETS[args.dataset]
+    hparams, train_cfg = cell_settings(params, args.flow, args.dataset)
+    alpha = train_cfg.pop("logit_alpha")
+    config = TrainConfig(seed=params["seed"], **train_cfg)
+
+    flow, transform, model_shape = model_for_data(
+        args.flow, hparams, spec.kind, spec.event_shape, getattr(spec, "levels", None), alpha
+    )
+    stage = args.stage or f"train@{cell}"
+    run = tracking.Run(
+        name=cell,
+        tags=tracking.run_tags(stage, flow=args.flow, dataset=args.dataset, kind=spec.kind, device=device_name()),
+    )
+    run.log_params(
+        {
+            "flow": args.flow,
+            "dataset": args.dataset,
+            "seed": params["seed"],
+            "hp": hparams,
+            "train": {**train_cfg, "logit_alpha": alpha},
+            "data": params["datasets"][args.dataset]["data"],
+            "n_train": len(splits.train),
+            "model_shape": list(model_shape),
+        }
+    )
+    try:
+        history = fit(
+            flow,
+            splits.train,
+            splits.val,
+            config,
+            transform=transform,
+            on_eval=lambda step, tr, va: run.log_metrics({"train_nll": tr, "val_nll": va}, step=step),
+        )
+    except BaseException:
+        run.finish("FAILED")
+        raise
+
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        tf.train.Checkpoint(flow=flow).write(str(tmp / "weights"))
+        write_json(
+            tmp / "config.json",
+            {
+                "flow": args.flow,
+                "dataset": args.dataset,
+                "hparams": hparams,
+                "train": {**train_cfg, "logit_alpha": alpha},
+                "seed": params["seed"],
+                "model_shape": list(model_shape),
+                "mlflow_run_id": run.run_id,
+                "mlflow_tracking_uri": run.uri,
+            },
+        )
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "train_loss", "val_loss", "seconds"])
+    writer.writeheader()
+    writer.writerows(history.rows())
+    with atomic_path(history_path) as tmp:
+        tmp.write_text(buf.getvalue())
+    train_metrics = {
+        "best_step": history.best_step,
+        "best_val_nll": history.best_val_loss,
+        "steps": history.steps_done,
+        "stopped_early": history.stopped_early,
+        "train_seconds": round(history.train_seconds, 3),
+        "units": "nats per example (images: of the dequantised data in [0,1]^D)",
+    }
+    write_json(metrics_path, train_metrics)
+    run.log_metrics({"train_seconds": history.train_seconds, "best_val_nll": history.best_val_loss,
+                     "best_step": history.best_step})
+    run.log_artifact(history_path, "history")
+    run.finish()
+    print(f"{stage}: best validation NLL {history.best_val_loss:.4f} nats at step {history.best_step}, "
+          f"{history.train_seconds:.1f} s; MLflow run {run.run_id}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_main(main)

@@ -1,0 +1,274 @@
+"""Numerical checks of the core flows: Real NVP, MAF, IAF, NSF (both forms), MADE, and the shared layers."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TFP 0.25 must see Keras 2: importing tf_keras before this is set breaks TFP's import (flows sets it too)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import flows  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from flows.base import NotInvertibleError  # noqa: E402
+from flows.layers import BatchNorm, BijectorLayer, Permutation, Reverse  # noqa: E402
+
+SMALL = {"num_layers": 2, "hidden_units": [16, 16]}
+CASES = {
+    "realnvp": ("realnvp", SMALL),
+    "realnvp_bn": ("realnvp", {**SMALL, "batch_norm": True}),
+    "maf": ("maf", SMALL),
+    "maf_bn": ("maf", {**SMALL, "batch_norm": True}),
+    "iaf": ("iaf", SMALL),
+    "nsf_coupling": ("nsf", {**SMALL, "form": "coupling"}),
+    "nsf_autoregressive": ("nsf", {**SMALL, "form": "autoregressive"}),
+    "made": ("made", {"hidden_units": [16, 16]}),
+}
+
+
+def perturb(flow, scale, seed):
+    """Move every trainable variable off its initial value (couplings start as the identity).
+
+    Masked MADE weights are perturbed too (no constraint is applied): the networks must mask at call time.
+    """
+    rng = np.random.default_rng(seed)
+    for v in flow.trainable_variables:
+        v.assign_add(scale * rng.standard_normal(v.shape).astype(v.dtype.as_numpy_dtype))
+    return flow
+
+
+def make(case, d, dtype="float64", scale=0.3, seed=0):
+    name, hp = CASES[case]
+    flow = flows.build_flow(name, [d], dtype, **hp)
+    rng = np.random.default_rng(seed + 100)
+    flow.initialize(tf.constant(rng.normal(0.5, 2.0, (64, d)), flow.dtype))  # batch-norm running statistics
+    return perturb(flow, scale, seed)
+
+
+def jacobian(fn, x):
+    """``(y, log_det, dy/dx)`` for a map applied row by row; one reverse pass per output feature."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y, ldj = fn(x)
+        outputs = [y[:, i] for i in range(y.shape[-1])]
+    rows = [tape.gradient(out, x) for out in outputs]  # rows are independent, so d/dx of sum = per-row gradient
+    return y, ldj, np.stack([r.numpy() for r in rows], axis=1)
+
+
+def log_abs_det(jac):
+    return np.linalg.slogdet(jac)[1]
+
+
+@pytest.mark.parametrize("d", [2, 3, 5])
+@pytest.mark.parametrize("case", list(CASES))
+def test_log_det_matches_jacobian_and_round_trip(case, d):
+    flow = make(case, d)
+    rng = np.random.default_rng(d)
+    x = tf.constant(rng.normal(0.0, 2.0, (6, d)))  # |x| > tail_bound = 3 for some entries: NSF's identity tails
+    z, ldj, jac = jacobian(flow.inverse, x)
+    np.testing.assert_allclose(ldj.numpy(), log_abs_det(jac), atol=1e-6, rtol=1e-6)
+    assert np.abs(ldj.numpy()).max() > 1e-3  # the perturbed flow is not the identity
+    z0 = tf.constant(rng.normal(size=(6, d)))
+    xs, fldj, jac = jacobian(flow.forward, z0)
+    np.testing.assert_allclose(fldj.numpy(), log_abs_det(jac), atol=1e-6, rtol=1e-6)
+    # fresh tensors (numpy copies) so that no bijector cache can answer the inverse
+    np.testing.assert_allclose(flow.inverse(xs.numpy())[0].numpy(), z0.numpy(), atol=1e-5)
+    np.testing.assert_allclose(flow.forward(z.numpy())[0].numpy(), x.numpy(), atol=1e-5)
+    # per-layer access: data -> noise trajectory ends where inverse ends
+    traj = flow.inverse_trajectory(x)
+    assert len(traj) == len(flow.layers) + 1
+    np.testing.assert_allclose(traj[-1].numpy(), z.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sampling_shapes_and_float32(case):
+    flow = make(case, 3, dtype="float32", scale=0.05)
+    assert all(v.dtype == tf.float32 for v in flow.variables)
+    s = flow.sample(7, seed=1)
+    assert s.shape == (7, 3) and s.dtype == tf.float32
+    np.testing.assert_array_equal(s.numpy(), flow.sample(7, seed=1).numpy())
+    lp = flow.log_prob(s)
+    assert lp.shape == (7,) and lp.dtype == tf.float32 and np.all(np.isfinite(lp.numpy()))
+    with pytest.raises(TypeError, match="float64"):
+        flow.log_prob(np.zeros((2, 3), np.float64))
+    flow64 = make(case, 3, dtype="float64", scale=0.05)
+    assert all(v.dtype == tf.float64 for v in flow64.variables)
+    assert flow64.sample(4, seed=2).dtype == tf.float64
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_d_density_integrates_to_one(case):
+    flow = make(case, 2, scale=0.1, seed=3)
+    g = np.linspace(-9.0, 9.0, 301)
+    xx, yy = np.meshgrid(g, g)
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    lp = flow.log_prob(pts).numpy()
+    total = np.exp(lp).sum() * (g[1] - g[0]) ** 2
+    assert abs(total - 1.0) < 0.01, total
+    # the same numbers under tf.function
+    lp_graph = tf.function(flow.log_prob)(tf.constant(pts[:500]))
+    np.testing.assert_allclose(lp_graph.numpy(), lp[:500], atol=1e-9)
+
+
+# ---------------------------------------------------------------- batch norm
+def test_batch_norm_eval_uses_only_running_statistics():
+    flow = make("maf_bn", 3, scale=0.1)
+    bns = [layer for layer in flow.layers if isinstance(layer, BatchNorm)]
+    assert bns
+    before = [(b.running_mean.numpy().copy(), b.running_var.numpy().copy()) for b in bns]
+    x = np.random.default_rng(0).normal(3.0, 5.0, (50, 3))
+    batch_lp = flow.log_prob(x).numpy()
+    for b, (m, v) in zip(bns, before):
+        np.testing.assert_array_equal(b.running_mean.numpy(), m)
+        np.testing.assert_array_equal(b.running_var.numpy(), v)
+    alone = np.array([flow.log_prob(x[i:i + 1]).numpy()[0] for i in range(3)])
+    np.testing.assert_allclose(alone, batch_lp[:3], atol=1e-10)
+    # training mode normalises with the batch and moves the running statistics
+    train_lp = flow.log_prob(x, training=True).numpy()
+    assert not np.allclose(train_lp, batch_lp)
+    assert not np.allclose(bns[0].running_mean.numpy(), before[0][0])
+
+
+def test_batch_norm_layer_math():
+    bn = BatchNorm(2, momentum=0.5, dtype="float64")
+    bn.log_gamma.assign([0.3, -0.2])
+    bn.beta.assign([1.0, -1.0])
+    x = tf.constant(np.random.default_rng(1).normal([2.0, -3.0], [0.5, 4.0], (400, 2)))
+    z, ldj = bn.inverse(x, training=True)
+    np.testing.assert_allclose(tf.reduce_mean(z, 0).numpy(), [1.0, -1.0], atol=1e-10)
+    np.testing.assert_allclose(tf.math.reduce_std(z, 0).numpy(), np.exp([0.3, -0.2]), rtol=1e-4)
+    mean, var = np.mean(x.numpy(), 0), np.var(x.numpy(), 0)
+    np.testing.assert_allclose(bn.running_mean.numpy(), 0.5 * mean, rtol=1e-10)
+    np.testing.assert_allclose(bn.running_var.numpy(), 0.5 + 0.5 * var, rtol=1e-10)
+    np.testing.assert_allclose(ldj.numpy()[0], 0.1 - 0.5 * np.log(var + 1e-5).sum(), rtol=1e-8)
+    z_eval, ldj_eval = bn.inverse(x[:5], training=False)
+    x_back, fldj = bn.forward(z_eval)
+    np.testing.assert_allclose(x_back.numpy(), x[:5].numpy(), atol=1e-10)
+    np.testing.assert_allclose(fldj.numpy(), -ldj_eval.numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm(2, momentum=1.5)
+
+
+def test_permutations_and_bijector_adapter():
+    x = tf.constant(np.arange(10.0).reshape(2, 5))
+    p = Permutation(5, order=[2, 0, 4, 1, 3], dtype="float64")
+    z, ldj = p.inverse(x)
+    np.testing.assert_array_equal(z.numpy()[0], [2, 0, 4, 1, 3])
+    np.testing.assert_array_equal(p.forward(z)[0].numpy(), x.numpy())
+    np.testing.assert_array_equal(ldj.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(Reverse(5, dtype="float64").inverse(x)[0].numpy()[0], [4, 3, 2, 1, 0])
+    with pytest.raises(ValueError, match="not a permutation"):
+        Permutation(3, order=[0, 0, 1])
+    import tensorflow_probability as tfp
+
+    layer = BijectorLayer(tfp.bijectors.Scale(tf.constant(2.0, tf.float64)))  # noise -> data: x = 2 z
+    z, ldj = layer.inverse(tf.constant([[2.0, 4.0]], tf.float64))
+    np.testing.assert_allclose(z.numpy(), [[1.0, 2.0]])
+    np.testing.assert_allclose(ldj.numpy(), [-2 * np.log(2.0)])
+
+
+# ---------------------------------------------------------------- autoregressive structure
+def test_made_masks_hold_for_any_weights():
+    """Even with every masked weight set non-zero (no optimizer constraint), z_i depends on x_<=i only."""
+    flow = flows.build_flow("maf", [4], "float64", num_layers=1, hidden_units=[16])
+    for v in flow.trainable_variables:
+        v.assign(tf.ones_like(v) * 0.1 + tf.cast(tf.random.stateless_normal(v.shape, [1, 2]), v.dtype))
+    x = tf.constant(np.random.default_rng(0).normal(size=(8, 4)))
+    z, ldj, jac = jacobian(flow.inverse, x)
+    assert np.abs(np.triu(jac, k=1)).max() == 0.0
+    np.testing.assert_allclose(ldj.numpy(), log_abs_det(jac), atol=1e-9)
+
+
+def test_maf_stays_autoregressive_after_adam_steps():
+    flow = flows.build_flow("maf", [4], "float64", num_layers=1, hidden_units=[16])
+    opt = keras.optimizers.Adam(0.05)
+    x = tf.constant(np.random.default_rng(0).normal(size=(32, 4)))
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(flow.log_prob(x))
+        opt.apply_gradients(zip(tape.gradient(loss, flow.trainable_variables), flow.trainable_variables))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, _ = flow.inverse(x)
+    jac = tape.batch_jacobian(z, x).numpy()
+    assert np.abs(np.triu(jac, k=1)).max() == 0.0  # z_i depends on x_<=i only
+    assert np.abs(np.tril(jac, k=-1)).max() > 1e-4
+
+
+def test_iaf_density_is_slow_direction_but_exact():
+    flow = make("iaf", 3, scale=0.2)
+    z = tf.constant(np.random.default_rng(2).normal(size=(5, 3)))
+    x, fldj = flow.forward(z)
+    lp = flow.log_prob(x.numpy()).numpy()
+    np.testing.assert_allclose(lp, flow.base_log_prob(z).numpy() - fldj.numpy(), atol=1e-8)
+
+
+# ---------------------------------------------------------------- NSF
+@pytest.mark.parametrize("form", ["coupling", "autoregressive"])
+def test_nsf_finite_far_outside_tail_bound(form):
+    flow = make("nsf_" + form, 3, scale=0.3)
+    x = tf.constant([[1e4, -1e4, 5.0], [-4.0, 3.5, 1e4], [0.1, -2.9, 3.0 + 1e-9]], tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        lp = flow.log_prob(x)
+    grads = tape.gradient(lp, [x] + list(flow.trainable_variables))
+    assert np.all(np.isfinite(lp.numpy()))
+    assert all(g is not None and np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads)
+    xs, ldj = flow.forward(tf.constant([[1e4, -1e4, 7.0]], tf.float64))
+    assert np.all(np.isfinite(xs.numpy())) and np.all(np.isfinite(ldj.numpy()))
+
+
+def test_nsf_rejects_unknown_form_and_bad_values():
+    with pytest.raises(ValueError, match="coupling, autoregressive"):
+        flows.build_flow("nsf", [2], form="residual")
+    with pytest.raises(ValueError, match="tail_bound"):
+        flows.build_flow("nsf", [2], tail_bound=-1.0)
+    with pytest.raises(ValueError, match="hidden_units"):
+        flows.build_flow("maf", [2], hidden_units=[0])
+
+
+# ---------------------------------------------------------------- MADE MoG
+def test_made_mog_normalises_and_samples_match_density():
+    flow = flows.build_flow("made", [2], "float64", num_components=3, hidden_units=[16, 16])
+    perturb(flow, 0.3, seed=5)
+    g = np.linspace(-10.0, 10.0, 401)
+    xx, yy = np.meshgrid(g, g)
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    lp = flow.log_prob(pts).numpy()
+    p = np.exp(lp) * (g[1] - g[0]) ** 2
+    assert abs(p.sum() - 1.0) < 0.01, p.sum()
+    neg_entropy = float((p * lp).sum())
+    s = flow.sample(4000, seed=7)
+    assert s.shape == (4000, 2) and s.dtype == tf.float64
+    mean_lp = float(tf.reduce_mean(flow.log_prob(s)))
+    assert abs(mean_lp - neg_entropy) < 0.1, (mean_lp, neg_entropy)
+    # the first feature's marginal is a 1-D mixture: its sample mean matches the grid mean
+    grid_mean = float((p.reshape(xx.shape).sum(0) * g).sum())
+    assert abs(float(tf.reduce_mean(s[:, 0])) - grid_mean) < 0.1
+
+
+def test_made_mog_is_not_a_bijection():
+    flow = flows.build_flow("made", [3], num_components=2, hidden_units=[8])
+    assert flow.can_sample
+    for call in (lambda: flow.inverse(np.zeros((1, 3), np.float32)), lambda: flow.forward(np.zeros((1, 3), np.float32)),
+                 lambda: flow.inverse_trajectory(np.zeros((1, 3), np.float32))):
+        with pytest.raises(NotInvertibleError, match="not a bijection"):
+            call()
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_names_and_defaults():
+    assert flows.FLOWS["realnvp"].defaults == {"num_layers": 4, "hidden_units": [64, 64], "batch_norm": False,
+                                               "num_scales": 2, "num_filters": 32, "num_res_blocks": 2}
+    assert flows.FLOWS["realnvp"].kinds == ("vector", "image")
+    for name in ("maf", "iaf", "nsf", "made"):
+        assert flows.FLOWS[name].kinds == ("vector",) and flows.FLOWS[name].can_sample
+
+
+def test_realnvp_image_without_image_module(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flows.image", None)  # makes `from .image import ...` raise ImportError
+    with pytest.raises(NotImplementedError, match="image Real NVP is not available"):
+        flows.build_flow("realnvp", [4, 4, 1])

@@ -1,0 +1,166 @@
+"""End to end: the real DVC pipeline on a tiny override of params.yaml, in a temporary copy of the repository.
+
+Asserts the results table, one MLflow run per trained cell with its metric history, that a second `dvc repro`
+runs nothing, that changing one flow's hyper-parameters invalidates only that flow's stages, that
+`dvc exp run -S flow=<another>` gives a new experiment and a new MLflow run, and that `-S flow=nope` fails
+with the validation message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# not copied: outputs and state of the developer's own runs
+TOP_SKIP = {".git", ".venv", "data", "models", "mlartifacts", "mlruns", "metrics", "plots", ".pytest_cache",
+            "dvc.lock", "mlflow.db"}
+FLOWS = ["maf", "realnvp"]
+
+
+def _env(repo: Path) -> dict:
+    venv_bin = Path(sys.executable).parent
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@localhost",
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DVC_ROOT", None)
+    return env
+
+
+def run(repo, *cmd, check=True, timeout=600):
+    proc = subprocess.run(list(cmd), cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _ignore(directory, names):
+    d = Path(directory)
+    skip = {"__pycache__"}
+    if d == ROOT:
+        skip |= TOP_SKIP
+    elif d == ROOT / ".dvc":
+        skip |= {"cache", "tmp"}
+    return [n for n in names if n in skip]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    shutil.copytree(ROOT, repo, ignore=_ignore)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["grid"] = {"flows": FLOWS, "datasets": ["moons"]}
+    params["flow"], params["dataset"] = "maf", "moons"
+    params["flows"]["maf"] = {"num_layers": 2, "hidden_units": [16, 16]}
+    params["flows"]["realnvp"] = {"num_layers": 2, "hidden_units": [16, 16]}
+    params["datasets"] = {"moons": {"data": {"n_train": 2000, "n_val": 500, "n_test": 1000},
+                                    "train": {"steps": 40, "batch_size": 128, "eval_every": 20}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "init", "-q")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "tiny pipeline")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def first_repro(repo):
+    return run(repo, "dvc", "repro")
+
+
+def mlflow_runs(repo):
+    con = sqlite3.connect(repo / "mlflow.db")
+    try:
+        runs = con.execute("select run_uuid, name, status from runs").fetchall()
+        tags = {}
+        for run_id, key, value in con.execute("select run_uuid, key, value from tags"):
+            tags.setdefault(run_id, {})[key] = value
+        hist = {}
+        for run_id, key, step in con.execute("select run_uuid, key, step from metrics"):
+            hist.setdefault(run_id, {}).setdefault(key, set()).add(step)
+    finally:
+        con.close()
+    return [{"id": r[0], "name": r[1], "status": r[2], "tags": tags.get(r[0], {}), "metrics": hist.get(r[0], {})}
+            for r in runs]
+
+
+def test_results_table(repo, first_repro):
+    with open(repo / "metrics" / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["flow"], r["dataset"]) for r in rows) == sorted((f, "moons") for f in FLOWS)
+    for r in rows:
+        assert math.isfinite(float(r["test_ll"])) and float(r["test_ll_se"]) > 0
+        assert int(r["n_test"]) == 1000 and int(r["steps"]) == 40
+        assert r["bits_per_dim"] == ""
+    md = (repo / "metrics" / "results.md").read_text()
+    assert "nats" in md and "| maf | moons |" in md
+    shown = run(repo, "dvc", "metrics", "show", "--json").stdout
+    assert "test_ll" in shown
+
+
+def test_mlflow_one_run_per_cell(repo, first_repro):
+    runs = mlflow_runs(repo)
+    training = [r for r in runs if r["tags"].get("dvc_stage", "").startswith("train@")]
+    assert sorted(r["tags"]["dvc_stage"] for r in training) == sorted(f"train@{f}-moons" for f in FLOWS)
+    for r in training:
+        assert r["metrics"]["val_nll"] == {20, 40}  # the per-step history
+        assert "test_ll" in r["metrics"] and r["status"] == "FINISHED"
+        assert r["tags"]["flow"] in FLOWS and r["tags"]["dataset"] == "moons"
+        assert len(r["tags"]["git_commit"]) == 40 and r["tags"]["dvc_experiment"] == "workspace"
+    assert any(r["tags"].get("dvc_stage") == "report" for r in runs)
+
+
+def test_second_repro_is_a_noop(repo, first_repro):
+    out = run(repo, "dvc", "repro").stdout
+    assert "Running stage" not in out, out
+
+
+def test_one_flow_change_invalidates_only_that_flow(repo, first_repro):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    original = (repo / "params.yaml").read_text()
+    params["flows"]["realnvp"]["num_layers"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(run(repo, "dvc", "status", "--json").stdout)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    changed = set(status)
+    assert "train@realnvp-moons" in changed
+    assert not any(s.startswith(("train@maf", "evaluate@maf", "download", "prepare")) for s in changed), changed
+
+
+def test_exp_run_new_flow(repo, first_repro):
+    before = {r["id"] for r in mlflow_runs(repo)}
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "after first repro")
+    run(repo, "dvc", "exp", "run", "-S", "flow=realnvp")
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    text = json.dumps(shown)
+    assert "realnvp" in text and "test_ll" in text
+    new = [r for r in mlflow_runs(repo) if r["id"] not in before]
+    exp_runs = [r for r in new if r["tags"].get("dvc_stage") == "train_exp"]
+    assert len(exp_runs) == 1 and exp_runs[0]["tags"]["flow"] == "realnvp"
+    assert exp_runs[0]["tags"]["dvc_experiment"] not in ("", "workspace")
+    assert "test_ll" in exp_runs[0]["metrics"]
+
+
+def test_exp_run_bad_flow_fails_clearly(repo, first_repro):
+    proc = run(repo, "dvc", "exp", "run", "-S", "flow=nope", check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "flow = 'nope' is invalid: accepted flows:" in text and "maf" in text, text[-3000:]
