@@ -6,13 +6,16 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as keras
 
-from .base import Flow, as_dtype
-from .layers import BatchNorm, BijectorLayer, Reverse, check_hidden_units, check_positive_int, soft_clamp
+from .base import Flow, FlowLayer, as_dtype
+from .layers import BatchNorm, Reverse, check_hidden_units, check_positive_int, soft_clamp
 from .registry import register
 
 tfb = tfp.bijectors
 
-__all__ = ["MaskedAutoregressiveNetwork", "ShiftAndLogScale", "made_network", "check_activation", "build_maf", "build_iaf"]
+__all__ = [
+    "MaskedAutoregressiveNetwork", "AffineBijectorFn", "MaskedAutoregressive", "made_network", "check_activation",
+    "build_maf", "build_iaf",
+]
 
 #: bound of the log-scale of one autoregressive layer: log_scale = 3 tanh(raw / 3)
 LOG_SCALE_BOUND = 3.0
@@ -59,29 +62,81 @@ class MaskedAutoregressiveNetwork(tfb.AutoregressiveNetwork):
 
 
 def made_network(event_size: int, params: int, hidden_units, dtype, activation: str = "relu",
-                 input_order: str = "left-to-right") -> tfb.AutoregressiveNetwork:
+                 input_order: str = "left-to-right", zero_last: bool = True) -> tfb.AutoregressiveNetwork:
     """A MADE (:class:`MaskedAutoregressiveNetwork`), built at once so its variables exist.
 
     Output shape ``[batch, d, params]``; output ``i`` depends only on inputs before ``i`` in ``input_order``.
+    With ``zero_last`` the output layer starts at zero, so a MAF / spline layer starts as the identity and an
+    untrained flow is the standard normal (the MADE MoG needs ``False``: identical components never separate).
     """
     dtype = as_dtype(dtype)
     net = MaskedAutoregressiveNetwork(params=int(params), event_shape=[int(event_size)],
                                       hidden_units=list(hidden_units), activation=activation,
                                       input_order=input_order, dtype=dtype.name)
     net(tf.zeros([1, int(event_size)], dtype))
+    if zero_last:
+        last = [layer for layer in net._network.layers if isinstance(layer, keras.layers.Dense)][-1]
+        for v in last.trainable_variables:
+            v.assign(tf.zeros_like(v))
     return net
 
 
-class ShiftAndLogScale(tf.Module):
-    """MADE output split into ``(shift, log_scale)``, the log-scale soft-clamped to (-3, 3) for stability."""
+class AffineBijectorFn(tf.Module):
+    """MADE output -> elementwise affine bijector ``u -> u * exp(log_scale) + shift``, log-scale in (-3, 3)."""
 
     def __init__(self, made: tfb.AutoregressiveNetwork, name=None):
         super().__init__(name=name)
         self.made = made
 
-    def __call__(self, x, **condition_kwargs):
-        shift, raw = tf.unstack(self.made(x), axis=-1)
-        return shift, soft_clamp(raw, LOG_SCALE_BOUND)
+    def __call__(self, y, **condition_kwargs):
+        shift, raw = tf.unstack(self.made(y), axis=-1)
+        return tfb.Chain([tfb.Shift(shift), tfb.Scale(log_scale=soft_clamp(raw, LOG_SCALE_BOUND))])
+
+
+class MaskedAutoregressive(FlowLayer):
+    """One masked autoregressive layer (MAF, or IAF with ``invert``) around TFP's ``MaskedAutoregressiveFlow``.
+
+    ``bijector_fn(y)`` maps the data-side vector ``y`` to an elementwise bijector ``f`` whose parameters for
+    feature ``i`` depend on ``y_<i`` only (a MADE).  TFP's convention: ``y = f(u)`` is the sequential
+    direction (``d`` passes, done by ``tfb.MaskedAutoregressiveFlow.forward``) and ``u = f^-1(y)`` the
+    one-pass direction, computed here directly so that its log-determinant reuses the same network pass:
+
+        u = f_y^-1(y),    log|det du/dy| = sum_i log|d f_y^-1 / d y_i|.
+
+    MAF (``invert=False``): data ``x = y``, noise ``z = u``: density in one pass, sampling in ``d``.
+    IAF (``invert=True``): noise ``z = y``, data ``x = u``: sampling in one pass, density in ``d``.
+
+    Arguments:
+        made: the MADE network (kept for variable tracking).
+        bijector_fn: ``y -> tfb.Bijector`` acting elementwise, as in ``tfb.MaskedAutoregressiveFlow``.
+        invert: IAF instead of MAF.
+        one_pass: optional ``y -> (u, log|det du/dy|)``, a faster implementation of the one-pass direction.
+    """
+
+    def __init__(self, made, bijector_fn, invert: bool = False, one_pass=None, name=None):
+        super().__init__(name=name)
+        self.made = made
+        self.bijector_fn = bijector_fn
+        self.invert = bool(invert)
+        self.one_pass = one_pass
+        self.maf = tfb.MaskedAutoregressiveFlow(bijector_fn=bijector_fn)
+
+    def _one_pass(self, y):
+        if self.one_pass is not None:  # a faster implementation of the same map (splines)
+            return self.one_pass(y)
+        f = self.bijector_fn(y)
+        return f.inverse(y), f.inverse_log_det_jacobian(y, event_ndims=1)
+
+    def _sequential(self, u):
+        u = tf.identity(u)  # a fresh tensor: TFP's bijector cache must never answer (it breaks gradients)
+        y = self.maf.forward(u)
+        return y, self.bijector_fn(y).forward_log_det_jacobian(u, event_ndims=1)
+
+    def inverse(self, x, training: bool = False):
+        return self._sequential(x) if self.invert else self._one_pass(x)
+
+    def forward(self, z):
+        return self._one_pass(z) if self.invert else self._sequential(z)
 
 
 def _autoregressive_layers(name, event_shape, dtype, num_layers, hidden_units, batch_norm, activation, invert):
@@ -101,16 +156,17 @@ def _autoregressive_layers(name, event_shape, dtype, num_layers, hidden_units, b
                 layers.append(BatchNorm(d, dtype=dtype, name=f"batch_norm_{i}"))
             layers.append(Reverse(d, dtype=dtype, name=f"reverse_{i}"))
         made = made_network(d, 2, units, dtype, activation)
-        bijector = tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=ShiftAndLogScale(made))
-        if invert:
-            bijector = tfb.Invert(bijector)
-        layers.append(BijectorLayer(bijector, event_ndims=1, modules=[made], name=f"{name}_{i}"))
+        layers.append(MaskedAutoregressive(made, AffineBijectorFn(made), invert=invert, name=f"{name}_{i}"))
     return Flow(layers, event_shape, dtype, name=name)
+
+
+#: defaults shared by ``maf`` and ``iaf`` (laptop scale; the papers' values live in params-paper.yaml)
+AUTOREGRESSIVE_DEFAULTS = {"num_layers": 5, "hidden_units": [64, 64], "batch_norm": False, "activation": "relu"}
 
 
 @register(
     "maf",
-    {"num_layers": 5, "hidden_units": [64, 64], "batch_norm": False, "activation": "relu"},
+    AUTOREGRESSIVE_DEFAULTS,
     paper="Papamakarios, Pavlakou, Murray 2017, Masked Autoregressive Flow for Density Estimation, "
           "https://arxiv.org/abs/1705.07057",
 )
@@ -120,12 +176,19 @@ def build_maf(event_shape, dtype, num_layers=5, hidden_units=(64, 64), batch_nor
     Each layer is an affine autoregressive map conditioned by a MADE (TFP ``AutoregressiveNetwork``):
 
         z_i = (x_i - mu_i(x_<i)) * exp(-alpha_i(x_<i)),    log|det dz/dx| = -sum_i alpha_i,
+        x_i = z_i * exp(alpha_i(x_<i)) + mu_i(x_<i)        (sampling: feature after feature),
 
     with ``alpha = 3 tanh(raw / 3)``.  Density (data -> noise) takes ONE network pass; sampling (noise -> data)
     takes ``d`` sequential passes.  The feature order is reversed between layers, with a batch norm there
     too when ``batch_norm``.
 
     Hyper-parameters: ``num_layers`` MADEs, each with ``hidden_units`` and ``activation``; ``batch_norm``.
+
+    Example::
+
+        >>> flow = flows.build_flow("maf", [6], num_layers=5, hidden_units=[64, 64], batch_norm=True)
+        >>> flow.log_prob(tf.zeros([3, 6])).shape   # nats, one pass per layer
+        TensorShape([3])
     """
     return _autoregressive_layers("maf", event_shape, dtype, num_layers, hidden_units, batch_norm, activation,
                                   invert=False)
@@ -133,7 +196,7 @@ def build_maf(event_shape, dtype, num_layers=5, hidden_units=(64, 64), batch_nor
 
 @register(
     "iaf",
-    {"num_layers": 5, "hidden_units": [64, 64], "batch_norm": False, "activation": "relu"},
+    AUTOREGRESSIVE_DEFAULTS,
     paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever, Welling 2016, Improved Variational Inference with "
           "Inverse Autoregressive Flow, https://arxiv.org/abs/1606.04934",
 )
@@ -142,11 +205,16 @@ def build_iaf(event_shape, dtype, num_layers=5, hidden_units=(64, 64), batch_nor
 
     Noise -> data is the one-pass direction, conditioned on the noise:
 
-        x_i = z_i * exp(alpha_i(z_<i)) + mu_i(z_<i),
+        x_i = (z_i - mu_i(z_<i)) * exp(-alpha_i(z_<i)),    log|det dx/dz| = -sum_i alpha_i,
 
     so SAMPLING takes ONE network pass while the DENSITY of a data point takes ``d`` sequential passes
     (it must recover z from x).  Prefer MAF for density estimation and IAF for fast sampling (e.g. as a
     variational posterior).  Same hyper-parameters as ``maf``.
+
+    Example::
+
+        >>> flow = flows.build_flow("iaf", [2], num_layers=3)
+        >>> x, log_q = flow.sample_and_log_prob(4, seed=0)   # one pass per layer
     """
     return _autoregressive_layers("iaf", event_shape, dtype, num_layers, hidden_units, batch_norm, activation,
                                   invert=True)

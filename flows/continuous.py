@@ -35,9 +35,9 @@ class ODEFlow(FlowLayer):
 
     * ``"exact"``: the log|det| of the RK4 map actually applied, by the chain rule through the four stages
       (``step = I + h/6 (J1 + 2 D2 + 2 D3 + D4)``, ``D2 = J2 + h/2 J1 J2``, ...; ``J = df/dz`` is propagated
-      through the MLP in closed form) and one QR factorisation per step (``log|det| = sum log|diag R|``).  It equals FFJORD's trace integral up to
-      O(h^4), but unlike it is the exact change of variables of the discretised flow, so the density is
-      normalised exactly.  Cost O(b d^2 H + b d^3) per step.
+      through the MLP in closed form) and one QR factorisation per step (``log|det| = sum log|diag R|``).
+      It equals FFJORD's trace integral up to O(h^4), but unlike it is the exact change of variables of the
+      discretised flow, so the density is normalised exactly.  Cost O(b d^2 H + b d^3) per step.
     * ``"hutchinson"``: FFJORD's estimator ``tr(J) = E[e^T J e]`` with one Rademacher ``e`` per
       integration (sec. 3.1), integrated by the same RK4; the training ``log_prob`` is then *stochastic*
       (unbiased for the trace integral).  Cost of one vector pass per stage.

@@ -78,6 +78,12 @@ def build_realnvp(event_shape, dtype, num_layers=4, hidden_units=(64, 64), batch
     between consecutive couplings when ``batch_norm``; ``num_scales``, ``num_filters`` and ``num_res_blocks``
     are unused.  Images (``(h, w, c)``): the multi-scale architecture of ``flows.image.build_realnvp_image``,
     which receives every hyper-parameter.
+
+    Example::
+
+        >>> flow = flows.build_flow("realnvp", [2], num_layers=4, hidden_units=[32, 32])
+        >>> flow.sample(5, seed=0).shape
+        TensorShape([5, 2])
     """
     event_shape = tuple(int(d) for d in event_shape)
     dtype = as_dtype(dtype)

@@ -9,41 +9,32 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
+from .datasets.images import bits_per_dim
 from .registry import FLOWS, build_flow
 
 __all__ = ["model_for_data", "logit_transform", "bits_per_dim"]
 
 
 def logit_transform(levels: int, alpha: float, flatten: bool):
-    """Dequantise and logit-transform a batch of pixel levels.
+    """Dequantise and logit-transform a batch of pixel levels with fresh noise per (seed) call.
 
     x = (pixel + u) / levels, u ~ U[0, 1);  s = alpha + (1 - 2 alpha) x;  y = logit(s)
     log|det dy/dx| = sum_i [log(1 - 2 alpha) - log s_i - log(1 - s_i)]          (nats, per example)
+    (the formula lives in :func:`flows.datasets.images.tf_dequantize_logit`).
     """
+    from .datasets.images import tf_dequantize_logit
 
     def transform(batch, seed):
-        pixels = tf.cast(batch, tf.float32)
-        noise = tf.random.stateless_uniform(tf.shape(pixels), seed=seed, dtype=tf.float32)
-        x = (pixels + noise) / float(levels)
-        s = alpha + (1.0 - 2.0 * alpha) * x
-        y = tf.math.log(s) - tf.math.log1p(-s)
-        axes = list(range(1, len(pixels.shape)))
-        ldj = tf.reduce_sum(math.log(1.0 - 2.0 * alpha) - tf.math.log(s) - tf.math.log1p(-s), axis=axes)
+        noise = tf.random.stateless_uniform(tf.shape(batch), seed=seed, dtype=tf.float32)
+        y, ldj = tf_dequantize_logit(batch, levels, alpha, noise=noise)
         if flatten:
             y = tf.reshape(y, [tf.shape(y)[0], -1])
         return y, ldj
 
     return transform
-
-
-def bits_per_dim(log_px_nats: float, num_dims: int, levels: int) -> float:
-    """bits/dim of the discrete data: -log p(x) / (D ln 2) + log2(levels), p the density on [0, 1]^D."""
-    return -log_px_nats / (num_dims * math.log(2.0)) + math.log2(levels)
 
 
 def model_for_data(flow_name: str, hparams: dict, kind: str, event_shape, levels: int | None = None,

@@ -6,7 +6,7 @@ coupling; images go through ``num_scales`` scales of (squeeze, ``num_layers`` st
 For vectors (event shape ``[d]``) a step is ActNorm -> :class:`LULinear` -> affine coupling, the
 tabular Glow that Durkan et al. (Neural Spline Flows, 2019, https://arxiv.org/abs/1906.04032) re-ran.
 
-    >>> import flows
+    >>> import flows, tensorflow as tf
     >>> flow = flows.build_flow("glow", [2], dtype="float64")
     >>> flow.initialize(tf.random.normal([64, 2], dtype=tf.float64)).log_prob(tf.zeros([3, 2], tf.float64)).shape
     TensorShape([3])
@@ -126,7 +126,7 @@ class ActNorm(FlowLayer):
 
 
 class _LU(FlowLayer):
-    """W = P L (U + diag(s)) with P a fixed permutation, L unit lower-, U strictly upper-triangular, s = sign*exp(log|s|)."""
+    """W = P L (U + diag(s)): P a fixed permutation, L unit lower-, U strictly upper-triangular, s = sign e^(log|s|)."""
 
     def __init__(self, n: int, dtype, seed: int = 0, init: str = "orthogonal", name=None):
         super().__init__(name=name)

@@ -179,7 +179,7 @@ class _ImageCoupling(FlowLayer):
 
 
 class CheckerboardCoupling(_ImageCoupling):
-    """Affine coupling with a spatial checkerboard mask b (Real NVP, Dinh et al. 2017, https://arxiv.org/abs/1605.08803).
+    """Affine coupling with a spatial checkerboard mask b (Real NVP, Dinh et al. 2017, arXiv:1605.08803).
 
     Data -> noise: ``z = b * x + (1 - b) * (x * exp(s(b * x)) + t(b * x))``,
     ``log|det dz/dx| = sum((1 - b) * s)``, with s bounded (``scale="tanh"``: ``exp(g) * tanh``; ``"sigmoid"``:

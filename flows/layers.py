@@ -177,13 +177,18 @@ class BijectorLayer(FlowLayer):
         self.modules = list(modules)
         self.can_sample = bool(can_sample)
 
+    # TFP bijectors cache (input -> output) by tensor identity.  A cached answer computed outside a
+    # GradientTape has no gradient path (autodiff Jacobians came back empty), so every call gets a fresh
+    # tensor (tf.identity) and the cache can never answer.
     def inverse(self, x, training: bool = False):
+        x = tf.identity(x)
         z = self.bijector.inverse(x)
         return z, self.bijector.inverse_log_det_jacobian(x, event_ndims=self.event_ndims)
 
     def forward(self, z):
         if not self.can_sample:
             return super().forward(z)
+        z = tf.identity(z)
         x = self.bijector.forward(z)
         return x, self.bijector.forward_log_det_jacobian(z, event_ndims=self.event_ndims)
 

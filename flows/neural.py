@@ -108,9 +108,9 @@ class DeepSigmoidalTransform(FlowLayer):
     """One NAF step: a DSF transformer per dimension whose (a, b, w) come from a MADE of the preceding dimensions.
 
     Data -> noise: ``z_i = DSF(x_i; a, b, w = MADE(x_{<i}))``, ``log|det dz/dx| = sum_i log dz_i/dx_i``.
-    Noise -> data (``forward``): ``d`` fixed-point passes ``x <- DSF^{-1}(z; MADE(x))``, each solving every
-    dimension by bisection (``dsf_invert``); after pass i the first i dimensions are exact, so d passes give
-    the inverse to bisection precision.  Slow (d MADE calls, ~120 transformer evaluations each), but exact,
+    Noise -> data (``forward``): ``d`` passes; pass i computes ``MADE(x)`` from the dimensions solved so far
+    and solves ``z_i = DSF(x_i)`` for ``x_i`` by bracketing and bisection (``dsf_invert``), to bisection
+    precision.  Slow (d MADE calls and ~160 scalar transformer evaluations per dimension), but exact,
     and differentiable: each pass ends with a Newton step from the (stop-gradient) root, which carries the
     implicit-function gradient, so ``sample`` can be trained through (e.g. by reverse KL).
 
@@ -138,13 +138,15 @@ class DeepSigmoidalTransform(FlowLayer):
     def forward(self, z):
         x = tf.zeros_like(z)
         iters = 80 if self.dtype == tf.float64 else 50
-        for _ in range(self.d):
-            params = self._params(x)
-            x_star = tf.stop_gradient(dsf_invert(z, *params, iterations=iters))
+        for i in range(self.d):  # dimension i needs x_{<i} only, which earlier passes made exact
+            params = [p[:, i:i + 1] for p in self._params(x)]
+            z_i = z[:, i:i + 1]
+            x_star = tf.stop_gradient(dsf_invert(z_i, *params, iterations=iters))
             # one Newton step at the root: the same value, but differentiable with the implicit-function
             # gradients dx/dz = 1 / DSF'(x), dx/dparams = -(dDSF/dparams) / DSF'(x)
             y, log_dy = dsf(x_star, *params)
-            x = x_star - (y - z) * tf.exp(-log_dy)
+            x_i = x_star - (y - z_i) * tf.exp(-log_dy)
+            x = x + x_i * tf.one_hot(i, self.d, dtype=self.dtype)  # x[:, i] is still 0 here
         _, log_dz = dsf(x, *self._params(x))
         return x, -tf.reduce_sum(log_dz, axis=-1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from .base import Flow, FlowLayer
@@ -27,6 +29,7 @@ class PlanarLayer(FlowLayer):
         u_hat       = u + (m(w.u) - w.u) w / |w|^2,          m(a) = -1 + softplus(a)
         w.u_hat     = m(w.u) > -1                            (so f is invertible)
         log|det df/dx| = log|1 + u_hat.w h'(w.x + b)|
+                       = log(tanh(a)^2 + h'(a) softplus(w.u)),   a = w.x + b   (as computed: no cancellation)
 
     ``f`` has no closed-form inverse, so ``inverse`` (data -> noise) applies ``f`` and ``forward``
     raises :class:`~flows.base.NotInvertibleError`.  :mod:`flows.energies` applies the same ``f`` from
@@ -35,8 +38,15 @@ class PlanarLayer(FlowLayer):
     Args:
         dim: the event size ``d``.
         dtype: float32 or float64; every variable is created in it.
-        init_scale: standard deviation of the initial ``w`` and ``u`` (``b`` starts at 0).
+        init_scale: standard deviation of the initial ``w`` and of ``u_hat`` (``b`` starts at 0).
         name: module name.
+
+    Example::
+
+        >>> import flows
+        >>> flow = flows.build_flow("planar", [2], num_layers=4)
+        >>> flow.log_prob([[0.5, -1.0]]).shape
+        TensorShape([1])
     """
 
     can_sample = False
@@ -46,8 +56,14 @@ class PlanarLayer(FlowLayer):
         self.dim = int(dim)
         self.dtype = tf.as_dtype(dtype)
         init = tf.random.normal([2, self.dim], stddev=init_scale, dtype=self.dtype)
-        self.w = tf.Variable(init[0], name="w")
-        self.u = tf.Variable(init[1], name="u")
+        w, u = init[0], init[1]
+        # Start near the identity: pick w.u = log(e - 1), where m(w.u) = 0, so u_hat = the part of u orthogonal
+        # to w.  A random u would give w.u_hat = m(w.u) ~ -0.3 and |u_hat| ~ 0.3 / |w|, a strong rescaling
+        # along w for small w that compounds over the layers.
+        w_sq = tf.reduce_sum(tf.square(w))
+        u = u + (tf.constant(math.log(math.e - 1.0), self.dtype) - tf.reduce_sum(w * u)) * w / w_sq
+        self.w = tf.Variable(w, name="w")
+        self.u = tf.Variable(u, name="u")
         self.b = tf.Variable(tf.zeros([], self.dtype), name="b")
 
     def _constrained(self):

@@ -38,6 +38,13 @@ class RadialLayer(FlowLayer):
         dtype: float32 or float64; every variable is created in it.
         init_scale: standard deviation of the initial centre ``z0``.
         name: module name.
+
+    Example::
+
+        >>> import flows
+        >>> flow = flows.build_flow("radial", [2], num_layers=4)
+        >>> flow.log_prob([[0.5, -1.0]]).shape
+        TensorShape([1])
     """
 
     can_sample = False

@@ -9,14 +9,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from .autoregressive import check_activation, made_network
+from .autoregressive import MaskedAutoregressive, check_activation, made_network
 from .base import Flow, FlowLayer, as_dtype
-from .layers import BijectorLayer, Permutation, alternating_mask, check_hidden_units, check_positive_int, mlp
+from .layers import Permutation, alternating_mask, check_hidden_units, check_positive_int, mlp
 from .registry import register
 
 tfb = tfp.bijectors
 
-__all__ = ["rational_quadratic_spline", "SplineCoupling", "build_nsf", "FORMS"]
+__all__ = ["spline_knots", "rqs", "RQSBijectorFn", "SplineCoupling", "build_nsf", "FORMS"]
 
 FORMS = ("coupling", "autoregressive")
 #: smallest bin width / height (as a number, in units of x) and smallest knot derivative
@@ -24,38 +24,112 @@ MIN_BIN = 1e-3
 MIN_SLOPE = 1e-3
 
 
-def rational_quadratic_spline(params, num_bins: int, tail_bound: float) -> tfb.RationalQuadraticSpline:
-    """Monotonic rational-quadratic spline with ``K = num_bins`` bins on ``[-B, B]`` and identity tails.
+def spline_knots(params, num_bins: int, tail_bound: float):
+    """Unconstrained ``params[..., 3K-1]`` -> bin widths, heights ``[..., K]`` and knot derivatives ``[..., K+1]``.
 
-    "Neural Spline Flows", C. Durkan, A. Bekasov, I. Murray, G. Papamakarios, 2019,
-    https://arxiv.org/abs/1906.04032
-
-    ``params[..., 3K-1]`` are unconstrained: ``K`` widths and ``K`` heights (softmax, scaled to sum to ``2B``,
-    each at least ``MIN_BIN``) and ``K-1`` interior knot derivatives (softplus, at least ``MIN_SLOPE``; the
-    two boundary derivatives are 1 so the tails ``|x| > B`` join the identity smoothly).  In bin ``k`` with
-    ``xi = (x - x_k) / w_k``, ``s_k = h_k / w_k`` and knot derivatives ``d_k, d_{k+1}``:
-
-        y = y_k + h_k [s_k xi^2 + d_k xi (1 - xi)] / [s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)].
-
-    All parameters zero give the identity (uniform bins, unit derivatives).
+    Widths and heights: softmax, scaled to sum to ``2B``, each at least ``MIN_BIN``.  Derivatives: softplus,
+    at least ``MIN_SLOPE``, for the ``K-1`` interior knots; the two boundary derivatives are 1 so that the
+    identity tails ``|x| > B`` join smoothly.  All parameters zero give the identity.
     """
     k = int(num_bins)
     dtype = params.dtype
-    span = 2.0 * tail_bound
+    scale = tf.constant(2.0 * tail_bound - k * MIN_BIN, dtype)
     w, h, s = params[..., :k], params[..., k:2 * k], params[..., 2 * k:]
-    widths = tf.nn.softmax(w, axis=-1) * tf.constant(span - k * MIN_BIN, dtype) + tf.constant(MIN_BIN, dtype)
-    heights = tf.nn.softmax(h, axis=-1) * tf.constant(span - k * MIN_BIN, dtype) + tf.constant(MIN_BIN, dtype)
-    # softplus(0 + c) + MIN_SLOPE = 1, so zero parameters give unit derivatives
-    c = tf.constant(math.log(math.expm1(1.0 - MIN_SLOPE)), dtype)
-    slopes = tf.nn.softplus(s + c) + tf.constant(MIN_SLOPE, dtype)
-    return tfb.RationalQuadraticSpline(widths, heights, slopes, range_min=tf.constant(-tail_bound, dtype))
+    widths = tf.nn.softmax(w, axis=-1) * scale + tf.constant(MIN_BIN, dtype)
+    heights = tf.nn.softmax(h, axis=-1) * scale + tf.constant(MIN_BIN, dtype)
+    c = tf.constant(math.log(math.expm1(1.0 - MIN_SLOPE)), dtype)  # softplus(0 + c) + MIN_SLOPE = 1
+    interior = tf.nn.softplus(s + c) + tf.constant(MIN_SLOPE, dtype)
+    ones = tf.ones_like(interior[..., :1])
+    return widths, heights, tf.concat([ones, interior, ones], axis=-1)
+
+
+def _bin(values, knots, num_bins):
+    """One-hot ``[..., K]`` of the bin of each value (edges = ``knots[..., 1:K]``), values inside the range."""
+    idx = tf.reduce_sum(tf.cast(values[..., None] >= knots[..., 1:num_bins], tf.int32), axis=-1)
+    return tf.one_hot(idx, num_bins, dtype=values.dtype)
+
+
+def _pick(onehot, table):
+    return tf.reduce_sum(onehot * table, axis=-1)
+
+
+def rqs(inputs, params, num_bins: int, tail_bound: float, inverse: bool = False):
+    """Monotonic rational-quadratic spline (NSF), elementwise: ``(outputs, log|d outputs / d inputs|)``.
+
+    "Neural Spline Flows", C. Durkan, A. Bekasov, I. Murray, G. Papamakarios, 2019,
+    https://arxiv.org/abs/1906.04032 (eq. 4, appendix A)
+
+    ``K`` bins on ``[-B, B]`` from :func:`spline_knots`; identity (log-det 0) outside.  In bin ``k`` with
+    ``xi = (x - x_k) / w_k``, ``s_k = h_k / w_k`` and knot derivatives ``d_k, d_{k+1}``:
+
+        y  = y_k + h_k [s_k xi^2 + d_k xi (1 - xi)] / [s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)],
+        dy/dx = s_k^2 [d_{k+1} xi^2 + 2 s_k xi (1 - xi) + d_k (1 - xi)^2] / [s_k + (...) xi (1 - xi)]^2,
+
+    and the inverse is the root ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` of a quadratic (appendix A).
+    Inputs are clipped into ``[-B, B]`` before the spline, so values and gradients stay finite for any input
+    (``|x| = 1e4`` included); bins are found by comparison and one-hot selection (no gather).
+    ``params[..., 3K-1]`` has one more axis than ``inputs``.
+    """
+    dtype = inputs.dtype
+    bound = tf.constant(tail_bound, dtype)
+    widths, heights, derivs = spline_knots(params, num_bins, tail_bound)
+    zero = tf.zeros_like(widths[..., :1])
+    cum_w = tf.concat([zero, tf.cumsum(widths, axis=-1)], axis=-1) - bound  # x knots, -B .. B
+    cum_h = tf.concat([zero, tf.cumsum(heights, axis=-1)], axis=-1) - bound  # y knots
+    inside = tf.abs(inputs) < bound
+    v = tf.clip_by_value(inputs, -bound, bound)
+    onehot = _bin(v, cum_h if inverse else cum_w, num_bins)
+    x_k, w_k = _pick(onehot, cum_w[..., :-1]), _pick(onehot, widths)
+    y_k, h_k = _pick(onehot, cum_h[..., :-1]), _pick(onehot, heights)
+    d_k, d_k1 = _pick(onehot, derivs[..., :-1]), _pick(onehot, derivs[..., 1:])
+    s_k = h_k / w_k
+    sum_d = d_k1 + d_k - 2 * s_k
+    if inverse:
+        dy = v - y_k
+        a = h_k * (s_k - d_k) + dy * sum_d
+        b = h_k * d_k - dy * sum_d
+        c = -s_k * dy
+        disc = tf.maximum(b * b - 4 * a * c, tf.zeros_like(b))
+        xi = 2 * c / (-b - tf.sqrt(disc))
+        out = xi * w_k + x_k
+    else:
+        xi = (v - x_k) / w_k
+        out = y_k + h_k * (s_k * xi * xi + d_k * xi * (1 - xi)) / (s_k + sum_d * xi * (1 - xi))
+    xi1 = xi * (1 - xi)
+    denom = s_k + sum_d * xi1
+    log_dy_dx = (2 * tf.math.log(s_k) + tf.math.log(d_k1 * xi * xi + 2 * s_k * xi1 + d_k * (1 - xi) ** 2)
+                 - 2 * tf.math.log(denom))
+    ldj = -log_dy_dx if inverse else log_dy_dx
+    return tf.where(inside, out, inputs), tf.where(inside, ldj, tf.zeros_like(ldj))
+
+
+class RQSBijectorFn(tf.Module):
+    """MADE output -> the spline of :func:`rqs` as a TFP ``RationalQuadraticSpline`` (same knots).
+
+    TFP's bijector is used only for the sequential (sampling) direction of the autoregressive form, through
+    ``tfb.MaskedAutoregressiveFlow``; ``one_pass`` is the fast density direction with :func:`rqs`.
+    """
+
+    def __init__(self, made, num_bins: int, tail_bound: float, name=None):
+        super().__init__(name=name)
+        self.made, self.num_bins, self.tail_bound = made, int(num_bins), float(tail_bound)
+
+    def __call__(self, y, **condition_kwargs):
+        widths, heights, derivs = spline_knots(self.made(y), self.num_bins, self.tail_bound)
+        return tfb.RationalQuadraticSpline(widths, heights, derivs[..., 1:-1],
+                                           range_min=tf.constant(-self.tail_bound, y.dtype))
+
+    def one_pass(self, y):
+        """``u = f_y^-1(y)`` and ``log|det du/dy|``: one network pass."""
+        u, ldj = rqs(y, self.made(y), self.num_bins, self.tail_bound, inverse=True)
+        return u, tf.reduce_sum(ldj, axis=-1)
 
 
 class SplineCoupling(FlowLayer):
     """Rational-quadratic spline coupling layer (NSF, Durkan et al. 2019, arXiv:1906.04032).
 
     Data -> noise: the masked features ``b * x`` condition an MLP whose output parametrises one
-    :func:`rational_quadratic_spline` per free feature,
+    :func:`rqs` per free feature,
 
         z = b * x + (1 - b) * RQS_theta(x),    theta = NN(b * x),
         log|det dz/dx| = sum_{i free} log RQS'_theta(x_i);
@@ -80,21 +154,16 @@ class SplineCoupling(FlowLayer):
         self.mask = tf.constant(mask, self.dtype)
         self.net = mlp(self.d, self.d * (3 * self.num_bins - 1), hidden_units, self.dtype, activation)
 
-    def _spline(self, kept):
-        params = tf.reshape(self.net(kept), [-1, self.d, 3 * self.num_bins - 1])
-        return rational_quadratic_spline(params, self.num_bins, self.tail_bound)
+    def _apply(self, v, inverse):
+        params = tf.reshape(self.net(v * self.mask), [-1, self.d, 3 * self.num_bins - 1])
+        out, ldj = rqs(v, params, self.num_bins, self.tail_bound, inverse=inverse)
+        return tf.where(self.kept, v, out), tf.reduce_sum((1 - self.mask) * ldj, axis=-1)
 
     def inverse(self, x, training: bool = False):
-        spline = self._spline(x * self.mask)
-        z = tf.where(self.kept, x, spline.forward(x))
-        ldj = spline.forward_log_det_jacobian(x, event_ndims=0)
-        return z, tf.reduce_sum((1 - self.mask) * ldj, axis=-1)
+        return self._apply(x, inverse=False)
 
     def forward(self, z):
-        spline = self._spline(z * self.mask)
-        x = tf.where(self.kept, z, spline.inverse(z))
-        ldj = spline.inverse_log_det_jacobian(z, event_ndims=0)
-        return x, tf.reduce_sum((1 - self.mask) * ldj, axis=-1)
+        return self._apply(z, inverse=True)
 
 
 def _linear_layer(d, dtype, i, lu_linear):
@@ -125,6 +194,11 @@ def build_nsf(event_shape, dtype, num_layers=4, form="coupling", num_bins=8, tai
     parameters; density one pass, sampling ``d`` passes.  Between consecutive steps an LU-parametrised
     linear layer (``lu_linear``, ``flows.glow.LULinear``) or a fixed random permutation.
     ``num_bins`` = K bins on ``[-tail_bound, tail_bound]``; identity outside.
+
+    Example::
+
+        >>> flow = flows.build_flow("nsf", [6], form="autoregressive", num_bins=8, tail_bound=3.0)
+        >>> flow.log_prob(tf.fill([2, 6], 1e4)).numpy()   # finite: identity tails
     """
     if len(event_shape) != 1:
         raise ValueError(f"nsf: event shape {list(event_shape)} must be [d] (a vector)")
@@ -151,10 +225,6 @@ def build_nsf(event_shape, dtype, num_layers=4, form="coupling", num_bins=8, tai
                                          name=f"spline_coupling_{i}"))
         else:
             made = made_network(d, 3 * num_bins - 1, units, dtype, activation)
-
-            def bijector_fn(y, _made=made, **condition_kwargs):
-                return rational_quadratic_spline(_made(y), num_bins, tail_bound)
-
-            layers.append(BijectorLayer(tfb.MaskedAutoregressiveFlow(bijector_fn=bijector_fn), event_ndims=1,
-                                        modules=[made], name=f"spline_autoregressive_{i}"))
+            fn = RQSBijectorFn(made, num_bins, tail_bound)
+            layers.append(MaskedAutoregressive(made, fn, one_pass=fn.one_pass, name=f"spline_autoregressive_{i}"))
     return Flow(layers, event_shape, dtype, name="nsf")

@@ -19,10 +19,19 @@ import tensorflow as tf
 
 from .base import Flow
 
-__all__ = ["TrainConfig", "History", "fit", "evaluate", "mean_log_prob", "Checkpointer"]
+__all__ = ["set_seed", "TrainConfig", "History", "fit", "evaluate", "mean_log_prob", "Checkpointer"]
 
 #: maps a raw batch to (model-space batch, log|det d model / d raw| per example) -- e.g. dequantise + logit
 Transform = Callable[[tf.Tensor, tf.Tensor], tuple]
+
+
+def set_seed(seed: int):
+    """Seed Python, NumPy and TensorFlow (weight initialisation); call it before building a flow."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
 
 
 @dataclass

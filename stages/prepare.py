@@ -27,7 +27,8 @@ def main(argv=None):
     # flows.datasets.prepare writes into a temporary directory and renames it, so out is never half-written
     manifest = fd.prepare(args.dataset, src, processed_dir(args.dataset), seed=params["seed"],
                           **params["datasets"][args.dataset]["data"])
-    sizes = manifest.get("splits") or manifest.get("sizes") or {}
+    splits = manifest.get("splits") or {}
+    sizes = ", ".join(f"{k} {v['shape'][0]:,}" for k, v in splits.items() if isinstance(v, dict) and "shape" in v)
     print(f"prepare@{args.dataset}: {sizes} -> {processed_dir(args.dataset)}")
 
 

@@ -82,7 +82,7 @@ def main(argv=None):
 
     import flows.datasets as fd
     from flows.experiment import model_for_data
-    from flows.training import TrainConfig, fit
+    from flows.training import TrainConfig, fit, set_seed
     from stages import tracking
 
     splits = load_data(args.dataset)
@@ -91,6 +91,7 @@ def main(argv=None):
     alpha = train_cfg.pop("logit_alpha")
     config = TrainConfig(seed=params["seed"], **train_cfg)
 
+    set_seed(params["seed"])
     flow, transform, model_shape = model_for_data(
         args.flow, hparams, spec.kind, spec.event_shape, getattr(spec, "levels", None), alpha
     )

