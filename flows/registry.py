@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ._options import accepted, type_name as _type_name, type_ok as _type_ok
 from .base import Flow, as_dtype
 
 __all__ = ["FlowSpec", "FLOWS", "register", "build_flow", "check_hparams", "accepted"]
@@ -27,10 +28,6 @@ class FlowSpec:
 FLOWS: dict[str, FlowSpec] = {}
 
 
-def accepted(options) -> str:
-    return ", ".join(sorted(options))
-
-
 def register(name: str, defaults: dict[str, Any], kinds=("vector",), can_sample: bool = True, paper: str = ""):
     """Decorator: ``@register("maf", {"num_layers": 5, ...})`` over ``builder(event_shape, dtype, **hparams)``."""
 
@@ -41,32 +38,6 @@ def register(name: str, defaults: dict[str, Any], kinds=("vector",), can_sample:
         return builder
 
     return deco
-
-
-def _type_ok(default, value) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    if default is None:
-        return True
-    return isinstance(value, type(default))
-
-
-def _type_name(default) -> str:
-    if isinstance(default, bool):
-        return "a boolean"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float):
-        return "a number"
-    if isinstance(default, (list, tuple)):
-        return "a list"
-    return f"a {type(default).__name__}"
 
 
 def check_hparams(name: str, hparams: dict[str, Any], where: str = "") -> dict[str, Any]:

@@ -7,7 +7,9 @@ All likelihoods are in nats per example unless a name says ``bits_per_dim``.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 import time
 import weakref
@@ -19,7 +21,17 @@ import tensorflow as tf
 
 from .base import Flow
 
-__all__ = ["set_seed", "TrainConfig", "History", "fit", "evaluate", "mean_log_prob", "Checkpointer"]
+__all__ = [
+    "set_seed",
+    "TrainConfig",
+    "History",
+    "fit",
+    "evaluate",
+    "mean_log_prob",
+    "Checkpointer",
+    "pick_strategy",
+    "batch_indices",
+]
 
 #: maps a raw batch to (model-space batch, log|det d model / d raw| per example) -- e.g. dequantise + logit
 Transform = Callable[[tf.Tensor, tf.Tensor], tuple]
@@ -46,6 +58,11 @@ class TrainConfig:
     clip_norm: float = 5.0
     patience: int = 0  # evaluations without validation improvement before stopping; 0 = never stop early
     max_val: int = 20000  # validation rows used at each interval (the first ones), to bound its cost
+    checkpoint_every: int = 0  # steps between checkpoints when fit has a checkpoint_dir; 0 = at each evaluation
+    keep_checkpoints: int = 2  # checkpoints kept on disk (tf.train.CheckpointManager's max_to_keep)
+    jit_compile: bool = False  # XLA-compile the loss-and-gradient function (tf.function(jit_compile=True))
+    mixed_precision: bool = False  # dynamic loss scaling for float16 compute; see fit's docstring
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (process-wide) before training
     seed: int = 0
 
 
@@ -60,6 +77,8 @@ class History:
     stopped_early: bool = False
     train_seconds: float = 0.0
     steps_done: int = 0
+    resumed_from: int = 0  # the step of the checkpoint this run resumed from (0 = fresh start)
+    checkpoint: str = ""  # the last checkpoint written (empty without a checkpoint directory)
 
     def rows(self):
         for i in range(len(self.step)):
@@ -118,24 +137,68 @@ def evaluate(flow: Flow, data, batch_size: int = 4096, transform: Transform | No
 
 
 class Checkpointer:
-    """Best-so-far weights kept in memory, so the test uses the best validation step, not the last."""
+    """Best-so-far weights kept in variables beside the flow's, so the test uses the best validation step and
+    a training checkpoint carries them."""
 
     def __init__(self, flow: Flow):
         self.variables = list(flow.variables)
-        self.values = None
+        with tf.init_scope():
+            self.module = tf.Module(name="best")
+            self.module.values = [
+                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="best_" + v.name.split(":")[0])
+                for v in self.variables
+            ]
+        self.saved = False
 
     def save(self):
-        self.values = [v.numpy() for v in self.variables]
+        for dst, src in zip(self.module.values, self.variables):
+            dst.assign(tf.convert_to_tensor(src))
+        self.saved = True
 
     def restore(self):
-        if self.values is not None:
-            for var, val in zip(self.variables, self.values):
+        if self.saved:
+            for var, val in zip(self.variables, self.module.values):
                 var.assign(val)
 
 
 def _progress(line: str):
-    # one plain line per interval; no carriage returns or colours, so logs stay readable when not a tty
+    # one plain line per interval: no carriage returns or colours, whether or not stderr is a terminal
     print(line, file=sys.stderr, flush=True)
+
+
+def pick_strategy() -> tf.distribute.Strategy:
+    """``MirroredStrategy`` over every visible GPU when there are several, otherwise the default strategy
+    (one GPU if present, else the CPU): build the flow under ``strategy.scope()`` and pass it to :func:`fit`."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([g.name for g in gpus])
+    return tf.distribute.get_strategy()
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The sorted training rows of ``step`` (1-based): epoch ``e`` visits ``default_rng([seed, e]).permutation(n)``
+    in consecutive batches, dropping the remainder. A pure function of (seed, step), so a resumed run draws
+    exactly the batches the uninterrupted one would have, with no RNG state to save."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, pos = divmod(step - 1, per_epoch)
+    order = _epoch_order(n, seed, epoch)
+    return np.sort(order[pos * batch_size : (pos + 1) * batch_size])  # sorted: fast reads from a memory map
+
+
+_ORDER_CACHE: dict = {}
+
+
+def _epoch_order(n, seed, epoch):
+    key = (n, seed, epoch)
+    if key not in _ORDER_CACHE:
+        _ORDER_CACHE.clear()
+        _ORDER_CACHE[key] = np.random.default_rng([seed, epoch, 7919]).permutation(n)
+    return _ORDER_CACHE[key]
+
+
+def _all_finite(variables) -> bool:
+    return all(bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v)))) for v in variables
+               if v.dtype.is_floating)
 
 
 def fit(
@@ -146,88 +209,189 @@ def fit(
     transform: Transform | None = None,
     on_eval: Callable[[int, float, float], None] | None = None,
     log: Callable[[str], None] = _progress,
+    checkpoint_dir: str | os.PathLike | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> History:
     """Train ``flow`` by maximum likelihood on ``train`` rows; validate on ``val`` every ``eval_every`` steps.
 
     Returns the :class:`History`; at the end the flow holds the weights of the best validation step.
+
+    * ``checkpoint_dir``: every ``config.checkpoint_every`` steps (0: at each evaluation) the flow, the optimizer
+      (its step counter drives the cosine schedule), the step, the running history and the best weights are
+      written there with ``tf.train.CheckpointManager`` (each checkpoint is complete before the index file points
+      at it, so a kill at any moment leaves the previous one usable). When the directory already holds a
+      checkpoint, training resumes from it and ends where the uninterrupted run would (batches are a pure
+      function of (seed, step), see :func:`batch_indices`; the per-step noise seeds are stateless).
+    * A NaN or Inf loss (or non-finite weights when a checkpoint is due) raises ``FloatingPointError`` naming the
+      step and the last good checkpoint, which is kept.
+    * ``strategy``: the ``tf.distribute`` strategy the flow's variables were created under (default: the current
+      one, i.e. the default strategy: one device). Under ``MirroredStrategy`` each batch is split over the
+      replicas and the gradients are summed; the loss is ``-sum(log p) / global_batch`` in every case.
+    * ``config.mixed_precision``: the loss is scaled dynamically (``LossScaleOptimizer``) so float16 gradients do
+      not underflow. Which ops run in float16 is decided when the flow is built (Keras' global policy
+      ``mixed_float16``, set by the caller); log-densities, log-determinants, the loss and all variables stay
+      float32.
+    * ``config.jit_compile``: the loss-and-gradient function is XLA-compiled; the optimizer update is not.
     """
     import tf_keras as keras  # Keras 2, the one TFP 0.25 is built on
 
     if config.steps <= 0 or config.batch_size <= 0:
         raise ValueError(f"steps and batch_size must be positive, got {config.steps} and {config.batch_size}")
+    if config.checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0 = at each evaluation), got {config.checkpoint_every}")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     transform = transform or _identity_transform
     rng = np.random.default_rng(config.seed)
     tf.random.set_seed(config.seed)
     n = len(train)
     batch_size = min(config.batch_size, n)
+    if batch_size < replicas:
+        raise ValueError(f"batch_size {batch_size} is smaller than the number of replicas {replicas}")
     val = val[: config.max_val]
 
     first = tf.convert_to_tensor(np.asarray(train[rng.choice(n, size=min(n, 1024), replace=False)]))
     y0, _ = transform(first, tf.constant([config.seed, -1], tf.int64))
-    flow.initialize(y0)
+    with strategy.scope():
+        flow.initialize(y0)
+        variables = flow.trainable_variables
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.steps)
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=config.clip_norm or None)
+        if config.mixed_precision:
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        optimizer.build(variables)  # slots exist now, so a checkpoint restores into them at once
 
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.steps)
-    optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=config.clip_norm or None)
-    variables = flow.trainable_variables
-
-    @tf.function(reduce_retracing=True)
-    def train_step(batch, seed):
+    def loss_and_grads(batch, seed):
         with tf.GradientTape() as tape:
             y, ldj = transform(batch, seed)
-            loss = -tf.reduce_mean(flow.log_prob(y, training=True) + ldj)
-        grads = tape.gradient(loss, variables)
+            lp = flow.log_prob(y, training=True) + tf.cast(ldj, flow.dtype)  # in the flow's dtype, no downcast
+            loss = -tf.reduce_sum(lp) / tf.cast(batch_size, flow.dtype)  # this replica's share of the mean
+            scaled = optimizer.get_scaled_loss(loss) if config.mixed_precision else loss
+        grads = tape.gradient(scaled, variables)
+        if config.mixed_precision:
+            grads = optimizer.get_unscaled_gradients(grads)
+        return loss, grads
+
+    grad_fn = tf.function(loss_and_grads, jit_compile=config.jit_compile or None, reduce_retracing=True)
+
+    def replica_step(batch, seed):
+        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([seed[0], seed[1] * replicas + tf.cast(rid, tf.int64)])  # = seed with one replica
+        loss, grads = grad_fn(batch, seed)
         optimizer.apply_gradients(zip(grads, variables))
         return loss
 
+    @tf.function(reduce_retracing=True)
+    def train_step(batch, seed):
+        losses = strategy.run(replica_step, args=(batch, seed))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    def distribute(rows):
+        if replicas == 1:
+            return tf.convert_to_tensor(rows)
+        shards = np.array_split(rows, replicas)
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.convert_to_tensor(shards[ctx.replica_id_in_sync_group])
+        )
+
     history = History()
     best = Checkpointer(flow)
-    bad_evals = 0
-    order = rng.permutation(n)
-    cursor = 0
-    running, count = 0.0, 0
+    state = {"bad_evals": 0, "running": 0.0, "count": 0, "elapsed": 0.0, "finished": False}
+    manager = None
+    if checkpoint_dir is not None:
+        state_var = tf.Variable("", dtype=tf.string, trainable=False, name="train_state")
+        ckpt = tf.train.Checkpoint(flow=flow, optimizer=optimizer, best=best.module, state=state_var)
+        manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=max(config.keep_checkpoints, 1))
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            saved = json.loads(state_var.numpy().decode())
+            state.update(saved["state"])
+            history = History(**saved["history"])
+            best.saved = saved["best_saved"]
+            history.resumed_from = saved["step"]
+            history.checkpoint = manager.latest_checkpoint
+            log(f"resumed from {manager.latest_checkpoint} at step {saved['step']}/{config.steps}")
+
+    def write_checkpoint(step):
+        if manager is None:
+            return
+        if not _all_finite(flow.variables):
+            raise FloatingPointError(
+                f"the weights are not finite at step {step}; {_last_good(manager, history)}; try a lower learning_rate"
+            )
+        state["elapsed"] = elapsed()
+        payload = {"step": step, "state": state, "best_saved": best.saved,
+                   "history": {k: v for k, v in history.__dict__.items()}}
+        state_var.assign(json.dumps(payload))
+        history.checkpoint = manager.save(checkpoint_number=step)
+
     start = time.perf_counter()
-    last_log = start
-    for step in range(1, config.steps + 1):
-        if cursor + batch_size > n:
-            order, cursor = rng.permutation(n), 0
-        idx = np.sort(order[cursor : cursor + batch_size])  # sorted: fast reads from a memory map
-        cursor += batch_size
-        loss = float(train_step(tf.convert_to_tensor(np.asarray(train[idx])), tf.constant([config.seed, step], tf.int64)))
+    base_elapsed = state["elapsed"]
+
+    def elapsed():
+        return base_elapsed + time.perf_counter() - start
+
+    first_step = history.resumed_from + 1
+    step = history.resumed_from
+    last_log, last_step = elapsed(), step
+    finished = state["finished"]
+    for step in range(first_step, config.steps + 1 if not finished else first_step):
+        idx = batch_indices(n, batch_size, config.seed, step)
+        loss = float(train_step(distribute(np.asarray(train[idx])), tf.constant([config.seed, step], tf.int64)))
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"training loss is {loss} at step {step}; the last good weights are those of step "
-                f"{history.best_step} (validation loss {history.best_val_loss:.4f} nats); try a lower learning_rate"
+                f"training loss is {loss} at step {step}; {_last_good(manager, history)}; try a lower learning_rate"
             )
-        running += loss
-        count += 1
-        if step % config.eval_every == 0 or step == config.steps:
+        state["running"] += loss
+        state["count"] += 1
+        evaluated = step % config.eval_every == 0 or step == config.steps
+        if evaluated:
             val_loss = -float(np.mean(mean_log_prob(flow, val, config.eval_batch_size, transform, config.seed + 1)))
-            now = time.perf_counter()
+            now = elapsed()
             history.step.append(step)
-            history.train_loss.append(running / count)
+            history.train_loss.append(state["running"] / state["count"])
             history.val_loss.append(val_loss)
-            history.seconds.append(now - start)
-            running, count = 0.0, 0
+            history.seconds.append(now)
+            state["running"], state["count"] = 0.0, 0
             if math.isfinite(val_loss) and val_loss < history.best_val_loss:
                 history.best_val_loss, history.best_step = val_loss, step
                 best.save()
-                bad_evals = 0
+                state["bad_evals"] = 0
             else:
-                bad_evals += 1
-            rate = config.eval_every / max(now - last_log, 1e-9)
-            last_log = now
-            eta = (config.steps - step) / max(step / (now - start), 1e-9)
+                state["bad_evals"] += 1
+            rate = (step - last_step) / max(now - last_log, 1e-9)
+            last_log, last_step = now, step
+            eta = (config.steps - step) / max(rate, 1e-9)
             log(
                 f"step {step}/{config.steps}  train_nll {history.train_loss[-1]:.4f}  val_nll {val_loss:.4f} nats  "
                 f"{rate:.1f} steps/s  eta {eta:.0f}s"
             )
             if on_eval is not None:
                 on_eval(step, history.train_loss[-1], val_loss)
-            if config.patience and bad_evals >= config.patience:
+            if config.patience and state["bad_evals"] >= config.patience:
                 history.stopped_early = True
+                finished = state["finished"] = True
                 log(f"early stop at step {step}: no validation improvement in {config.patience} evaluations")
-                break
+        due = evaluated if config.checkpoint_every == 0 else step % config.checkpoint_every == 0
+        if finished or step == config.steps:
+            state["finished"] = True
+            write_checkpoint(step)
+            break
+        if due:
+            write_checkpoint(step)
     history.steps_done = step
-    history.train_seconds = time.perf_counter() - start
+    history.train_seconds = elapsed()
     best.restore()
     return history
+
+
+def _last_good(manager, history) -> str:
+    if manager is None:
+        return (f"no checkpoint is written without a checkpoint_dir; the best weights so far are those of step "
+                f"{history.best_step} (validation loss {history.best_val_loss:.4f} nats)")
+    if manager.latest_checkpoint is None:
+        return f"no checkpoint was written yet in {manager.directory}"
+    return (f"the last good checkpoint is {manager.latest_checkpoint} (kept; best validation loss "
+            f"{history.best_val_loss:.4f} nats at step {history.best_step})")

@@ -25,5 +25,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
+# The test suite also drives the MLflow UI in headless Chromium (Debian's package).
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's chromium for the MLflow UI test (apt-get)..."
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "warning: chromium is missing; install it (Debian: sudo apt-get install chromium) or tests/test_mlflow_ui.py fails" >&2
+  fi
+fi
 # DVC must not phone home (the project runs offline); the repo's .dvc/config already says so.
 export DVC_NO_ANALYTICS=1

@@ -2,6 +2,6 @@
 # Quick start 2: set up, then run the whole test suite (unit tests and the end-to-end pipeline test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 export DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
 exec .venv/bin/python -m pytest "$@"

@@ -31,7 +31,8 @@ TRAIN_KEYS: dict[str, tuple[type, float | None]] = {
     "max_val": (int, 1),
     "logit_alpha": (float, 0.0),
 }
-TOP_KEYS = {"seed", "flow", "dataset", "grid", "flows", "datasets", "data"}
+TOP_KEYS = {"seed", "flow", "dataset", "grid", "flows", "datasets", "data", "figures"}
+FIGURE_KEYS = {"energy_layers": 16, "energy_steps": 500}
 
 
 class ParamsError(ValueError):
@@ -177,8 +178,18 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
     if not isinstance(mirror, str):
         _fail("data.mirror", mirror, "a directory path or URL string (empty for none)", name)
 
+    figures = raw.get("figures") or {}
+    if not isinstance(figures, dict):
+        _fail("figures", figures, f"a mapping with keys {_accepted(FIGURE_KEYS)}", name)
+    for k, v in figures.items():
+        if k not in FIGURE_KEYS:
+            raise ParamsError(f"{name}: figures has no setting {k!r}; accepted: {_accepted(FIGURE_KEYS)}")
+        if not _is_int(v) or v < 1:
+            _fail(f"figures.{k}", v, "a positive integer", name)
+
     return {
         "seed": seed,
+        "figures": {**FIGURE_KEYS, **figures},
         "flow": raw["flow"],
         "dataset": raw["dataset"],
         "grid": {"flows": list(grid["flows"]), "datasets": list(grid["datasets"])},

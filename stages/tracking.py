@@ -8,9 +8,12 @@ the one store that ``mlflow ui`` shows.  ``MLFLOW_TRACKING_URI`` overrides the s
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .common import ROOT
@@ -24,6 +27,34 @@ def repo_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+@contextmanager
+def store_lock():
+    """Serialise writes to a SQLite store across processes (parallel `dvc queue start -j N` workers, several
+    stages at once): SQLite allows one writer, and MLflow answers a busy database with "database is locked".
+    A server-backed store (MLFLOW_TRACKING_URI=http://...) needs no lock."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _locked(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with store_lock():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def _mlflow():
@@ -43,8 +74,8 @@ def experiment_id(mlflow) -> str:
             return exp.experiment_id
         try:
             location = None
-            if tracking_uri().startswith("sqlite:"):
-                location = (repo_root() / "mlartifacts").as_uri()
+            if tracking_uri().startswith("sqlite:///"):  # artifacts beside the database file
+                location = (Path(tracking_uri()[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
             return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
         except Exception:  # another process created it in between: read it again
             time.sleep(0.2 * (attempt + 1))
@@ -87,6 +118,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 class Run:
     """A thin handle on one MLflow run, started fresh or resumed by id."""
 
+    @_locked
     def __init__(self, run_id: str | None = None, name: str | None = None, tags: dict | None = None):
         self.mlflow = _mlflow()
         self.client = self.mlflow.tracking.MlflowClient()
@@ -99,6 +131,7 @@ class Run:
                 for k, v in tags.items():
                     self.client.set_tag(run_id, k, v)
 
+    @_locked
     def log_params(self, params: dict):
         from mlflow.entities import Param
 
@@ -106,9 +139,11 @@ class Run:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
+    @_locked
     def log_metric(self, key: str, value: float, step: int = 0):
         self.client.log_metric(self.run_id, key, float(value), step=int(step))
 
+    @_locked
     def log_metrics(self, metrics: dict, step: int = 0):
         from mlflow.entities import Metric
 
@@ -117,12 +152,15 @@ class Run:
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
+    @_locked
     def log_artifact(self, path, artifact_path: str | None = None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_locked
     def log_artifacts(self, path, artifact_path: str | None = None):
         self.client.log_artifacts(self.run_id, str(path), artifact_path)
 
+    @_locked
     def finish(self, status: str = "FINISHED"):
         self.client.set_terminated(self.run_id, status=status)
 

@@ -2,15 +2,22 @@
 
 Reads params.yaml (seed, flows.<flow>, datasets.<dataset>.train) and data/processed/<dataset>; writes
 models/<cell>/ (weights and config), plots/history/<cell>.csv and metrics/train/<cell>.json.
+
+While it trains, checkpoints go to checkpoints/<cell>/ (not a DVC output, git-ignored), so a stage killed at
+any moment and run again (``dvc repro``) resumes there and ends with the same numbers; the directory is
+deleted once the outputs are written. A checkpoint written with other settings (params, data) is discarded.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,6 +44,7 @@ def parse_args(argv=None):
     ap.add_argument("--history", help="history CSV (default plots/history/<flow>-<dataset>.csv)")
     ap.add_argument("--metrics", help="training metrics JSON (default metrics/train/<flow>-<dataset>.json)")
     ap.add_argument("--stage", help="DVC stage name, for the MLflow tag")
+    ap.add_argument("--checkpoints", help="checkpoint directory (default checkpoints/<name of the model directory>)")
     return ap.parse_args(argv)
 
 
@@ -62,11 +70,36 @@ def load_data(dataset):
     return fd.load_splits(path)
 
 
-def device_name() -> str:
+def device_name(strategy=None) -> str:
     import tensorflow as tf
 
     gpus = tf.config.list_logical_devices("GPU")
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return f"{strategy.num_replicas_in_sync} GPUs ({type(strategy).__name__}: {', '.join(g.name for g in gpus)})"
     return gpus[0].name if gpus else f"CPU ({platform.processor() or platform.machine()})"
+
+
+def prepare_checkpoints(path: Path, fingerprint: dict) -> str | None:
+    """Keep ``path`` only if it was written by a run with the same ``fingerprint``; returns the checkpoint that
+    training will resume from (None: a fresh start)."""
+    import tensorflow as tf
+
+    stamp = path / "fingerprint.json"
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    if path.exists() and (not stamp.exists() or stamp.read_text() != text):
+        print(f"discarding {path}: written with other settings", file=sys.stderr)
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, stamp)
+    return tf.train.latest_checkpoint(str(path))
+
+
+def data_fingerprint(dataset) -> str:
+    manifest = processed_dir(dataset) / "manifest.json"
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
 
 
 def main(argv=None):
@@ -82,7 +115,7 @@ def main(argv=None):
 
     import flows.datasets as fd
     from flows.experiment import model_for_data
-    from flows.training import TrainConfig, fit, set_seed
+    from flows.training import TrainConfig, fit, pick_strategy, set_seed
     from stages import tracking
 
     splits = load_data(args.dataset)
@@ -91,14 +124,32 @@ def main(argv=None):
     alpha = train_cfg.pop("logit_alpha")
     config = TrainConfig(seed=params["seed"], **train_cfg)
 
-    set_seed(params["seed"])
-    flow, transform, model_shape = model_for_data(
-        args.flow, hparams, spec.kind, spec.event_shape, getattr(spec, "levels", None), alpha
+    ckpt_dir = Path(args.checkpoints or f"checkpoints/{out.name}")
+    resume_from = prepare_checkpoints(
+        ckpt_dir,
+        {"flow": args.flow, "dataset": args.dataset, "seed": params["seed"], "hparams": hparams,
+         "train": {**train_cfg, "logit_alpha": alpha}, "data": data_fingerprint(args.dataset)},
     )
+
+    if config.mixed_precision:
+        import tf_keras as keras
+
+        keras.mixed_precision.set_global_policy("mixed_float16")  # layers that follow the global policy
+    strategy = pick_strategy()  # several GPUs: MirroredStrategy; otherwise the default (one device)
+    if tf.config.list_logical_devices("GPU"):
+        # CPU kernels are deterministic already (a resumed run matches bitwise); GPU reductions need this
+        config.deterministic = True
+    set_seed(params["seed"])
+    with strategy.scope():
+        flow, transform, model_shape = model_for_data(
+            args.flow, hparams, spec.kind, spec.event_shape, getattr(spec, "levels", None), alpha
+        )
     stage = args.stage or f"train@{cell}"
+    extra_tags = {"resumed_from": resume_from} if resume_from else {}
     run = tracking.Run(
         name=cell,
-        tags=tracking.run_tags(stage, flow=args.flow, dataset=args.dataset, kind=spec.kind, device=device_name()),
+        tags=tracking.run_tags(stage, flow=args.flow, dataset=args.dataset, kind=spec.kind,
+                               device=device_name(strategy), **extra_tags),
     )
     run.log_params(
         {
@@ -120,6 +171,8 @@ def main(argv=None):
             config,
             transform=transform,
             on_eval=lambda step, tr, va: run.log_metrics({"train_nll": tr, "val_nll": va}, step=step),
+            checkpoint_dir=ckpt_dir,
+            strategy=strategy,
         )
     except BaseException:
         run.finish("FAILED")
@@ -153,6 +206,7 @@ def main(argv=None):
         "steps": history.steps_done,
         "stopped_early": history.stopped_early,
         "train_seconds": round(history.train_seconds, 3),
+        "resumed_from_step": history.resumed_from,
         "units": "nats per example (images: of the dequantised data in [0,1]^D)",
     }
     write_json(metrics_path, train_metrics)
@@ -160,6 +214,11 @@ def main(argv=None):
                      "best_step": history.best_step})
     run.log_artifact(history_path, "history")
     run.finish()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the outputs are written: nothing left to resume
+    try:
+        ckpt_dir.parent.rmdir()  # checkpoints/ itself, once no other cell is training
+    except OSError:
+        pass
     print(f"{stage}: best validation NLL {history.best_val_loss:.4f} nats at step {history.best_step}, "
           f"{history.train_seconds:.1f} s; MLflow run {run.run_id}")
 

@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # not copied: outputs and state of the developer's own runs
 TOP_SKIP = {".git", ".venv", "data", "models", "mlartifacts", "mlruns", "metrics", "plots", ".pytest_cache",
-            "dvc.lock", "mlflow.db"}
+            "dvc.lock", "mlflow.db", "mlflow.lock", "experiment", "dvc_plots"}
 FLOWS = ["maf", "realnvp"]
 
 
@@ -67,6 +67,7 @@ def repo(tmp_path_factory):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["grid"] = {"flows": FLOWS, "datasets": ["moons"]}
     params["flow"], params["dataset"] = "maf", "moons"
+    params["figures"] = {"energy_layers": 2, "energy_steps": 10}
     params["flows"]["maf"] = {"num_layers": 2, "hidden_units": [16, 16]}
     params["flows"]["realnvp"] = {"num_layers": 2, "hidden_units": [16, 16]}
     params["datasets"] = {"moons": {"data": {"n_train": 2000, "n_val": 500, "n_test": 1000},
@@ -111,6 +112,10 @@ def test_results_table(repo, first_repro):
     assert "nats" in md and "| maf | moons |" in md
     shown = run(repo, "dvc", "metrics", "show", "--json").stdout
     assert "test_ll" in shown
+    plots = run(repo, "dvc", "plots", "show")
+    assert "failed to load" not in plots.stdout + plots.stderr
+    html = (repo / "dvc_plots" / "index.html").read_text()
+    assert html.count("val_loss") >= len(FLOWS)
 
 
 def test_mlflow_one_run_per_cell(repo, first_repro):
@@ -160,7 +165,54 @@ def test_exp_run_new_flow(repo, first_repro):
 
 
 def test_exp_run_bad_flow_fails_clearly(repo, first_repro):
-    proc = run(repo, "dvc", "exp", "run", "-S", "flow=nope", check=False)
+    params = (repo / "params.yaml").read_text()
+    try:
+        proc = run(repo, "dvc", "exp", "run", "-S", "flow=nope", check=False)
+    finally:
+        (repo / "params.yaml").write_text(params)  # -S edits the workspace's params.yaml
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "flow = 'nope' is invalid: accepted flows:" in text and "maf" in text, text[-3000:]
+
+
+def test_queued_experiments_in_parallel(repo, first_repro):
+    """`dvc exp run --queue` twice, `dvc queue start -j 2`: both finish, each with exactly one MLflow run."""
+    import time
+
+    run(repo, "dvc", "exp", "run", "--queue", "-S", "flow=maf", "-S", "seed=11", "-n", "q-maf")
+    run(repo, "dvc", "exp", "run", "--queue", "-S", "flow=realnvp", "-S", "seed=12", "-n", "q-realnvp")
+    run(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 420
+    while time.time() < deadline:
+        status = run(repo, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    else:
+        raise AssertionError(f"queue did not finish:\n{status}")
+    assert "Failed" not in status, status + "\n" + run(repo, "dvc", "queue", "logs", "q-maf", check=False).stdout
+    shown = json.dumps(json.loads(run(repo, "dvc", "exp", "show", "--json").stdout))
+    assert "q-maf" in shown and "q-realnvp" in shown
+    runs = [r for r in mlflow_runs(repo) if r["tags"].get("dvc_stage") == "train_exp"]
+    for name, flow in (("q-maf", "maf"), ("q-realnvp", "realnvp")):
+        mine = [r for r in runs if r["tags"].get("dvc_experiment") == name]
+        assert len(mine) == 1, (name, [r["tags"] for r in runs])
+        assert mine[0]["tags"]["flow"] == flow and mine[0]["status"] == "FINISHED"
+        assert "test_ll" in mine[0]["metrics"]
+
+
+def test_dvc_remote_push_pull(repo, first_repro, tmp_path):
+    """A local directory remote moves data and models between machines: push, lose the cache, pull back."""
+    remote = tmp_path / "remote"
+    run(repo, "dvc", "remote", "add", "--local", "-f", "-d", "store", str(remote))
+    run(repo, "dvc", "push")
+    model = repo / "models" / "maf-moons" / "config.json"
+    before = model.read_text()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "models")
+    shutil.rmtree(repo / "data")
+    run(repo, "dvc", "pull")
+    assert model.read_text() == before
+    assert (repo / "data" / "processed" / "moons" / "manifest.json").exists()
+    status = run(repo, "dvc", "status", "--json").stdout
+    assert json.loads(status) == {}, status

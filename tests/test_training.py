@@ -1,6 +1,11 @@
 """The training loop, the evaluator and the image likelihood glue."""
 
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +94,70 @@ def test_model_for_image_data_flattens_for_vector_flows():
     assert np.all(np.isfinite(flow.log_prob(y).numpy()))
     with pytest.raises(ValueError, match="accepted: image, tabular, toy"):
         model_for_data("maf", {}, "video", (2,))
+
+
+def test_progress_is_one_plain_line_per_evaluation_when_not_a_tty(capsys):
+    x = gaussian_data(1200)
+    flow = flows.build_flow("maf", [2], num_layers=1, hidden_units=[8])
+    fit(flow, x[:1000], x[1000:], TrainConfig(steps=60, eval_every=20, batch_size=100))  # default logger: stderr
+    err = capsys.readouterr().err
+    assert not sys.stderr.isatty()
+    lines = [s for s in err.split("\n") if s.startswith("step ")]
+    assert len(lines) == 3 and err.count("\n") >= 3
+    pattern = r"step (\d+)/60  train_nll -?\d+\.\d{4}  val_nll -?\d+\.\d{4} nats  \d+\.\d steps/s  eta \d+s"
+    assert [int(re.fullmatch(pattern, s).group(1)) for s in lines] == [20, 40, 60]
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", err)  # no \r, no ANSI colour escapes
+
+
+def test_jit_compile_and_mixed_precision_options_train_the_same_model():
+    x = gaussian_data(1500)
+    losses = {}
+    for name, options in {"plain": {}, "xla": {"jit_compile": True}, "loss_scaled": {"mixed_precision": True}}.items():
+        set_seed(4)
+        flow = flows.build_flow("realnvp", [2], num_layers=2, hidden_units=[8, 8])
+        h = fit(flow, x[:1000], x[1000:], TrainConfig(steps=40, eval_every=20, seed=4, **options), log=lambda s: None)
+        losses[name] = h.val_loss
+    # XLA fuses differently (float32 round-off); loss scaling by a power of two is exact in float32
+    np.testing.assert_allclose(losses["xla"], losses["plain"], rtol=1e-4)
+    np.testing.assert_allclose(losses["loss_scaled"], losses["plain"], rtol=1e-5)
+    assert losses["plain"][-1] < losses["plain"][0]
+
+
+MIRRORED = r"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import flows
+from flows.training import TrainConfig, fit, set_seed
+rng = np.random.default_rng(0)
+x = (rng.normal(size=(1500, 2)) * [2.0, 0.5]).astype(np.float32)
+out = []
+for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])):
+    set_seed(1)
+    with strategy.scope():
+        flow = flows.build_flow("maf", [2], num_layers=2, hidden_units=[8, 8])
+    h = fit(flow, x[:1000], x[1000:], TrainConfig(steps=30, eval_every=10, batch_size=64, seed=1),
+            strategy=strategy, log=lambda s: None)
+    out.append((strategy.num_replicas_in_sync, h.val_loss))
+print("RESULT", out)
+"""
+
+
+def test_mirrored_strategy_over_two_devices_matches_one_device():
+    """Two replicas (two logical CPUs) each take half of every batch; summed gradients = the one-device run."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, env=env, timeout=180,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r1, one), (r2, two) = eval(proc.stdout.split("RESULT", 1)[1])
+    assert (r1, r2) == (1, 2)
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+
+
+def test_float64_flow_trains_in_float64(tmp_path):
+    x = gaussian_data(800).astype(np.float64)
+    flow = flows.build_flow("maf", [2], dtype=tf.float64, num_layers=1, hidden_units=[8])
+    h = fit(flow, x[:600], x[600:], TrainConfig(steps=20, eval_every=10, batch_size=100), log=lambda s: None,
+            checkpoint_dir=tmp_path)
+    assert all(v.dtype == tf.float64 for v in flow.variables if v.dtype.is_floating)
+    assert np.all(np.isfinite(h.val_loss)) and h.checkpoint.endswith("ckpt-20")

@@ -14,6 +14,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from .._options import accepted as _accepted, type_name as _type_name, type_ok as _type_ok
+
 __all__ = [
     "DatasetSpec",
     "DATASETS",
@@ -70,26 +72,6 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
             raise TypeError(f"dataset {spec.name!r}: default {key} = {value!r} must be int/float/str/bool/list")
     DATASETS[spec.name] = spec
     return spec
-
-
-def _accepted(options) -> str:
-    return ", ".join(sorted(options))
-
-
-def _type_ok(default, value) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, list):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
-
-
-def _type_name(default) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}[type(default)]
 
 
 def check_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""`mlflow ui` on a tracking store filled by the test lists the experiment and its runs, in headless Chromium and
+through the REST API."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+SETUP = "apt-get update && apt-get install -y chromium chromium-driver"
+EXPERIMENT = "ui-test-density-estimation"
+RUNS = {"maf-moons-ui": {"flow": "maf", "learning_rate": 1e-3, "test_ll": -2.58},
+        "nsf-moons-ui": {"flow": "nsf", "learning_rate": 3e-3, "test_ll": -2.45}}
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail(f"headless Chromium is missing (no chromium on PATH): install it with `{SETUP}`")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fill_store(uri: str, artifacts: Path) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    for name, values in RUNS.items():
+        run = client.create_run(exp_id, run_name=name, tags={"flow": values["flow"], "dataset": "moons"})
+        client.log_param(run.info.run_id, "flow", values["flow"])
+        client.log_param(run.info.run_id, "train.learning_rate", values["learning_rate"])
+        for step, nll in enumerate((3.0, 2.7, -values["test_ll"])):
+            client.log_metric(run.info.run_id, "val_nll", nll, step=step * 100)
+        client.log_metric(run.info.run_id, "test_ll", values["test_ll"])
+        client.set_terminated(run.info.run_id)
+    return exp_id
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture()
+def server(tmp_path):
+    _chromium()  # fail before starting anything when the browser is missing
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = _fill_store(uri, tmp_path / "artifacts")
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers: faster start
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow ui exited with {proc.returncode}: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log_tail = (tmp_path / "server.log").read_text()[-2000:]
+                pytest.fail(f"mlflow ui did not answer on {base} within 90 s: {log_tail}")
+            time.sleep(0.5)
+        yield base, exp_id
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it started, nothing else
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_ui_lists_the_experiment_and_its_runs(server, tmp_path):
+    base, exp_id = server
+    chromium = _chromium()
+
+    # the REST API the UI itself calls: both runs, with the same param and metric names, comparable
+    found = _post(base + "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    assert sorted(r["info"]["run_name"] for r in found) == sorted(RUNS)
+    for r in found:
+        params = {p["key"]: p["value"] for p in r["data"]["params"]}
+        metrics = {m["key"]: m["value"] for m in r["data"]["metrics"]}
+        name = r["info"]["run_name"]
+        assert params["flow"] == RUNS[name]["flow"] and set(params) == {"flow", "train.learning_rate"}
+        assert metrics["test_ll"] == pytest.approx(RUNS[name]["test_ll"]) and set(metrics) == {"test_ll", "val_nll"}
+    exps = _post(base + "/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
+    assert EXPERIMENT in {e["name"] for e in exps}
+
+    # the JavaScript app, rendered by headless Chromium: the runs page of the experiment
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=15000", "--window-size=1400,900"]
+    url = f"{base}/#/experiments/{exp_id}/runs"
+    out = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    dom = out.stdout
+    assert "<html" in dom.lower(), f"chromium returned no page (exit {out.returncode}): {out.stderr[-1500:]}"
+    assert EXPERIMENT in dom, "the experiment name is not on the rendered page"
+    for name in RUNS:
+        assert name in dom, f"run {name!r} is not on the rendered page"
+
+    shot = os.environ.get("FLOWS_UI_SCREENSHOT")  # a PNG path: also save what the browser shows, to look at
+    if shot:
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+        assert Path(shot).stat().st_size > 10000
