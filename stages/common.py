@@ -30,6 +30,11 @@ TRAIN_KEYS: dict[str, tuple[type, float | None]] = {
     "patience": (int, 0),
     "max_val": (int, 1),
     "logit_alpha": (float, 0.0),
+    "checkpoint_every": (int, 0),
+    "keep_checkpoints": (int, 1),
+    "jit_compile": (bool, None),
+    "mixed_precision": (bool, None),
+    "deterministic": (bool, None),
 }
 TOP_KEYS = {"seed", "flow", "dataset", "grid", "flows", "datasets", "data", "figures"}
 FIGURE_KEYS = {"energy_layers": 16, "energy_steps": 500}
@@ -211,7 +216,10 @@ def check_train(section: dict, key: str, file: str = PARAMS_FILE) -> dict:
         if k not in TRAIN_KEYS:
             raise ParamsError(f"{file}: {key} has no setting {k!r}; accepted: {_accepted(TRAIN_KEYS)}")
         typ, low = TRAIN_KEYS[k]
-        if typ is int:
+        if typ is bool:
+            if not isinstance(v, bool):
+                _fail(f"{key}.{k}", v, "true or false", file)
+        elif typ is int:
             if not _is_int(v) or v < low:
                 _fail(f"{key}.{k}", v, f"an integer >= {low}" if low else "a non-negative integer", file)
         else:

@@ -61,6 +61,7 @@ BAD = [
     (("flows", "nope"), {}, ["flows.nope", "accepted flows"]),
     (("datasets", "nope"), {}, ["datasets.nope", "accepted datasets"]),
     (("colour",), "red", ["'colour'", "accepted", "grid"]),
+    (("datasets", "moons", "train", "jit_compile"), "yes", ["datasets.moons.train.jit_compile", "'yes'", "true or false"]),
     (("figures", "energy_steps"), 0, ["figures.energy_steps", "positive integer"]),
 ]
 

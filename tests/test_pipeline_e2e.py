@@ -149,6 +149,23 @@ def test_one_flow_change_invalidates_only_that_flow(repo, first_repro):
     assert not any(s.startswith(("train@maf", "evaluate@maf", "download", "prepare")) for s in changed), changed
 
 
+def test_dvc_remote_push_pull(repo, first_repro, tmp_path):
+    """A local directory remote moves data and models between machines: push, lose the cache, pull back."""
+    remote = tmp_path / "remote"
+    run(repo, "dvc", "remote", "add", "--local", "-f", "-d", "store", str(remote))
+    run(repo, "dvc", "push")
+    model = repo / "models" / "maf-moons" / "config.json"
+    before = model.read_text()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "models")
+    shutil.rmtree(repo / "data")
+    run(repo, "dvc", "pull")
+    assert model.read_text() == before
+    assert (repo / "data" / "processed" / "moons" / "manifest.json").exists()
+    status = run(repo, "dvc", "status", "--json").stdout
+    assert json.loads(status) == {}, status
+
+
 def test_exp_run_new_flow(repo, first_repro):
     before = {r["id"] for r in mlflow_runs(repo)}
     run(repo, "git", "add", "-A")
@@ -199,20 +216,3 @@ def test_queued_experiments_in_parallel(repo, first_repro):
         assert len(mine) == 1, (name, [r["tags"] for r in runs])
         assert mine[0]["tags"]["flow"] == flow and mine[0]["status"] == "FINISHED"
         assert "test_ll" in mine[0]["metrics"]
-
-
-def test_dvc_remote_push_pull(repo, first_repro, tmp_path):
-    """A local directory remote moves data and models between machines: push, lose the cache, pull back."""
-    remote = tmp_path / "remote"
-    run(repo, "dvc", "remote", "add", "--local", "-f", "-d", "store", str(remote))
-    run(repo, "dvc", "push")
-    model = repo / "models" / "maf-moons" / "config.json"
-    before = model.read_text()
-    shutil.rmtree(repo / ".dvc" / "cache")
-    shutil.rmtree(repo / "models")
-    shutil.rmtree(repo / "data")
-    run(repo, "dvc", "pull")
-    assert model.read_text() == before
-    assert (repo / "data" / "processed" / "moons" / "manifest.json").exists()
-    status = run(repo, "dvc", "status", "--json").stdout
-    assert json.loads(status) == {}, status
