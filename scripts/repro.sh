@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
-.venv/bin/dvc repro "$@"
+# the stages run `python`: the venv's, whether or not the caller activated it
+export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
+dvc repro "$@"
 echo
 cat metrics/results.md
