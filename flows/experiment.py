@@ -24,6 +24,7 @@ def logit_transform(levels: int, alpha: float, flatten: bool):
     x = (pixel + u) / levels, u ~ U[0, 1);  s = alpha + (1 - 2 alpha) x;  y = logit(s)
     log|det dy/dx| = sum_i [log(1 - 2 alpha) - log s_i - log(1 - s_i)]          (nats, per example)
     (the formula lives in :func:`flows.datasets.images.tf_dequantize_logit`).
+    The returned function also carries ``levels``, ``alpha`` and ``to_pixels(y)``, the inverse used to show samples.
     """
     from .datasets.images import tf_dequantize_logit
 
@@ -34,6 +35,13 @@ def logit_transform(levels: int, alpha: float, flatten: bool):
             y = tf.reshape(y, [tf.shape(y)[0], -1])
         return y, ldj
 
+    def to_pixels(y):
+        """The inverse map for display: logit-space values (any shape) -> pixel levels 0..levels-1 (int)."""
+        s = 1.0 / (1.0 + np.exp(-np.asarray(y, np.float64)))
+        x = (s - alpha) / (1.0 - 2.0 * alpha)
+        return np.clip(np.floor(x * levels), 0, levels - 1).astype(np.int64)
+
+    transform.levels, transform.alpha, transform.flatten, transform.to_pixels = levels, alpha, flatten, to_pixels
     return transform
 
 

@@ -21,7 +21,8 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = [
-    "grid_points", "auto_lim", "flow_density", "density_2d", "samples_vs_data", "image_grid", "layer_frames",
+    "grid_points", "auto_lim", "flow_density", "density_2d", "samples_vs_data", "image_grid", "image_panels",
+    "layer_frames",
     "animate_layers", "energy_density", "sample_histogram", "confined_energy", "fit_energy", "log_normaliser",
     "energy_fits", "plot_energy_fits", "toy_overview",
 ]
@@ -102,19 +103,40 @@ def samples_vs_data(flow, data: np.ndarray, path, seed: int, dims=(0, 1), n: int
     plt.close(fig)
 
 
+def _tile(images: np.ndarray, cols: int | None = None) -> np.ndarray:
+    """Images [n, h, w, c] (c = 1 or 3, values in [0, 1]) tiled on a white canvas with 1-pixel gaps."""
+    images = np.asarray(images, np.float64)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be [n, h, w] or [n, h, w, 1 or 3], got shape {images.shape}")
+    n = len(images)
+    cols = int(cols or np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    h, w, c = images.shape[1:]
+    canvas = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, c))
+    for i, img in enumerate(np.clip(images, 0.0, 1.0)):
+        r, k = divmod(i, cols)
+        canvas[r * (h + 1): r * (h + 1) + h, k * (w + 1): k * (w + 1) + w] = img
+    return canvas[..., 0] if c == 1 else canvas
+
+
 def image_grid(images: np.ndarray, path, title: str):
-    """A square grid of greyscale images [n, h, w, 1] with values in [0, 1]."""
-    images = np.asarray(images)
-    n = int(np.ceil(np.sqrt(len(images))))
-    h, w = images.shape[1:3]
-    canvas = np.ones((n * (h + 1), n * (w + 1)))
-    for i, img in enumerate(images):
-        r, c = divmod(i, n)
-        canvas[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = img[..., 0]
-    fig, ax = plt.subplots(figsize=(4, 4), constrained_layout=True)
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title)
-    ax.axis("off")
+    """A square grid of images [n, h, w, 1 or 3] with values in [0, 1] (greyscale or RGB)."""
+    image_panels([(images, title)], path)
+
+
+def image_panels(panels: Sequence, path, suptitle: str | None = None):
+    """Grids side by side, e.g. model samples beside real images: ``panels`` is [(images [n,h,w,c], title), ...]
+    with values in [0, 1]; every panel uses the same grey/colour scale."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), constrained_layout=True, squeeze=False)
+    for ax, (images, title) in zip(axes[0], panels):
+        canvas = _tile(images)
+        ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.viz import density_2d, image_grid, samples_vs_data
+from flows.viz import density_2d, image_grid, image_panels, samples_vs_data
 
-__all__ = ["cell_figures", "density_2d", "samples_vs_data", "image_grid"]
+__all__ = ["cell_figures", "image_samples", "density_2d", "samples_vs_data", "image_grid"]
+
+TEMPERATURES = (1.0, 0.7)  # T = 1 is the model itself; 0.7 is the reduced temperature of the Glow paper
 
 
 def cell_figures(flow, splits, spec, transform, out: Path, seed: int = 0):
@@ -32,10 +34,23 @@ def cell_figures(flow, splits, spec, transform, out: Path, seed: int = 0):
     if spec.kind in ("toy", "tabular") and flow.can_sample:
         samples_vs_data(flow, test, out / "samples.png", seed)
     if spec.kind == "image" and flow.can_sample:
-        y = flow.sample(36, seed=seed, temperature=1.0).numpy()
-        shape = tuple(spec.event_shape)
-        alpha_s = 1.0 / (1.0 + np.exp(-y.reshape((-1,) + shape)))  # back from logit space to [0, 1]
-        image_grid(np.clip(alpha_s, 0, 1), out / "samples.png", f"samples (seed {seed}, T=1.0)")
-        image_grid(test[:36].astype(np.float32) / float(spec.levels - 1), out / "data.png", "test images")
+        image_samples(flow, test, spec, transform, out / "samples.png", seed)
     if not any(out.iterdir()):
         (out / "README.txt").write_text(f"no figure applies to flow '{flow.name}' on this data kind\n")
+
+
+def image_samples(flow, test, spec, transform, path: Path, seed: int = 0, n: int = 36):
+    """Samples at each of TEMPERATURES beside ``n`` real test images, as discrete pixels on one grey/colour scale.
+
+    Samples live in the flow's logit space; ``transform.to_pixels`` maps them back to pixel levels (inverting
+    the logit and the alpha squeeze, then quantising), the same levels the real images are stored in.
+    """
+    shape = tuple(spec.event_shape)
+    top = float(spec.levels - 1)
+    panels = []
+    for t in TEMPERATURES:
+        y = flow.sample(n, seed=seed, temperature=t).numpy().reshape((-1,) + shape)
+        panels.append((transform.to_pixels(y) / top, f"samples, T = {t} (seed {seed})"))
+    panels.append((np.asarray(test[:n], np.float64) / top, f"test images ({spec.name})"))
+    image_panels(panels, path, f"{flow.name} on {spec.name}: {spec.levels} grey levels" if shape[-1] == 1
+                 else f"{flow.name} on {spec.name}")

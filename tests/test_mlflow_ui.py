@@ -123,8 +123,22 @@ def test_ui_lists_the_experiment_and_its_runs(server, tmp_path):
     for name in RUNS:
         assert name in dom, f"run {name!r} is not on the rendered page"
 
+    # the compare view of both runs: their params and metrics side by side, the differing learning rates shown
+    import urllib.parse
+
+    ids = [r["info"]["run_id"] for r in found]
+    query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})
+    compare = subprocess.run([chromium, *flags, "--dump-dom", f"{base}/#/compare-runs?{query}"],
+                             capture_output=True, text=True, timeout=120).stdout
+    for text in (*RUNS, "train.learning_rate", "test_ll", "val_nll", "0.001", "0.003"):
+        assert text in compare, f"{text!r} is not on the rendered compare-runs page"
+
     shot = os.environ.get("FLOWS_UI_SCREENSHOT")  # a PNG path: also save what the browser shows, to look at
     if shot:
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
         assert Path(shot).stat().st_size > 10000
+        shot2 = str(Path(shot).with_name(Path(shot).stem + "-compare.png"))
+        subprocess.run([chromium, *flags, f"--screenshot={shot2}", f"{base}/#/compare-runs?{query}"],
+                       capture_output=True, timeout=120)
+        assert Path(shot2).stat().st_size > 10000

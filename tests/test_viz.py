@@ -160,3 +160,43 @@ def test_overview_stage_without_toy_sets_logs_to_mlflow(tmp_path, monkeypatch):
     assert list((tmp_path / "mlartifacts").glob("*/artifacts/figures/energies.png"))
     with pytest.raises(Exception, match="energy-layers"):
         overview.main(["--energy-layers", "0"])
+
+
+# --------------------------------------------------------------------------------------------- image grids
+@pytest.mark.parametrize("name, shape, levels, flow_name", [
+    ("mnist", (28, 28, 1), 256, "glow"),     # the MNIST layout, greyscale
+    ("celeba32", (32, 32, 3), 256, "realnvp"),  # the CelebA 32x32 layout, RGB
+    ("digits", (8, 8, 1), 17, "maf"),          # a vector flow sees the image flattened
+])
+def test_image_sample_grid_beside_real_images(tmp_path, name, shape, levels, flow_name):
+    """samples.png holds three panels (T = 1, T = 0.7, real test images) on one scale, greyscale or RGB."""
+    from flows.datasets import DATASETS
+    from flows.experiment import model_for_data
+    from stages import figures
+
+    spec = DATASETS[name]
+    assert tuple(spec.event_shape) == shape and spec.levels == levels
+    hp = {"glow": {"num_layers": 1, "num_scales": 1, "num_filters": 8},
+          "realnvp": {"num_layers": 2, "num_scales": 1, "num_filters": 8, "num_res_blocks": 1},
+          "maf": {"num_layers": 1, "hidden_units": [16]}}[flow_name]
+    hp = {k: v for k, v in hp.items() if k in flows.FLOWS[flow_name].defaults}
+    flow, transform, _ = model_for_data(flow_name, hp, "image", shape, levels, 0.05)
+    pixels = np.random.default_rng(0).integers(0, levels, size=(40,) + shape).astype(np.uint8)
+    y, _ = transform(tf.constant(pixels), tf.constant([1, 2], tf.int64))
+    flow.initialize(y)
+    # the display inverse undoes the dequantisation, the alpha squeeze and the logit exactly
+    np.testing.assert_array_equal(transform.to_pixels(y.numpy().reshape((-1,) + shape)), pixels)
+    path = tmp_path / "samples.png"
+    figures.image_samples(flow, pixels, spec, transform, path, seed=3)
+    img = np.asarray(Image.open(path).convert("RGB"), np.float64)
+    assert img.shape[1] > 2.5 * img.shape[0], "three panels side by side"
+    colour = np.abs(img - img.mean(axis=2, keepdims=True)).max()
+    assert (colour > 30) == (shape[-1] == 3), f"RGB only for colour images (max channel spread {colour})"
+    again = tmp_path / "again.png"
+    figures.image_samples(flow, pixels, spec, transform, again, seed=3)
+    assert again.read_bytes() == path.read_bytes(), "a fixed seed gives the same grid"
+
+
+def test_image_tiles_reject_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match="images must be"):
+        viz.image_grid(np.zeros((4, 8, 8, 2)), tmp_path / "x.png", "two channels")
