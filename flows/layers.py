@@ -36,12 +36,18 @@ def mlp(input_size: int, output_size: int, hidden_units: Sequence[int], dtype, a
     """A fully connected network ``input_size -> hidden_units... -> output_size`` built in ``dtype``.
 
     With ``zero_last`` the output layer starts at zero, so a coupling layer starts as the identity.
+
+    Mixed precision: when Keras' global policy is ``mixed_float16`` (or ``mixed_bfloat16``) and ``dtype`` is
+    float32, the hidden layers compute in half precision with float32 variables, and the output layer computes
+    in float32, so everything downstream (scales, spline parameters, log-determinants) stays float32.
     """
     dtype = as_dtype(dtype)
+    policy = keras.mixed_precision.global_policy()
+    hidden_dtype = policy if dtype == tf.float32 and policy.name.startswith("mixed_") else dtype.name
     net = keras.Sequential(name=name)
     net.add(keras.Input(shape=(int(input_size),), dtype=dtype.name))
     for units in hidden_units:
-        net.add(keras.layers.Dense(int(units), activation=activation, dtype=dtype.name))
+        net.add(keras.layers.Dense(int(units), activation=activation, dtype=hidden_dtype))
     init = "zeros" if zero_last else "glorot_uniform"
     net.add(keras.layers.Dense(int(output_size), kernel_initializer=init, bias_initializer="zeros",
                                dtype=dtype.name))
