@@ -30,6 +30,7 @@ __all__ = [
     "mean_log_prob",
     "Checkpointer",
     "pick_strategy",
+    "is_chief",
     "batch_indices",
 ]
 
@@ -166,13 +167,65 @@ def _progress(line: str):
     print(line, file=sys.stderr, flush=True)
 
 
+def _tf_config() -> dict:
+    text = os.environ.get("TF_CONFIG", "")
+    return json.loads(text) if text.strip() else {}
+
+
+def _cluster_workers(tf_config: dict) -> int:
+    """Number of training tasks (chief + workers) in a TF_CONFIG cluster."""
+    cluster = tf_config.get("cluster", {})
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
 def pick_strategy() -> tf.distribute.Strategy:
-    """``MirroredStrategy`` over every visible GPU when there are several, otherwise the default strategy
-    (one GPU if present, else the CPU): build the flow under ``strategy.scope()`` and pass it to :func:`fit`."""
+    """The ``tf.distribute`` strategy for this process; build the flow under ``strategy.scope()`` and pass it to
+    :func:`fit`.
+
+    * ``TF_CONFIG`` names a cluster of more than one task (chief and/or workers): ``MultiWorkerMirroredStrategy``
+      over every worker's GPUs (or its CPU), gradients all-reduced over gRPC (ring on CPUs, NCCL where the runtime
+      picks it on GPUs). Call this at program start, before any other TensorFlow op: collectives can only be
+      configured before the runtime is initialised. Every worker must run the same program with its own TF_CONFIG.
+    * otherwise ``MirroredStrategy`` over every visible GPU when there are several, else the default strategy
+      (one GPU if present, else the CPU)."""
+    if _cluster_workers(_tf_config()) > 1:
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([g.name for g in gpus])
     return tf.distribute.get_strategy()
+
+
+def _task(strategy) -> tuple:
+    """(task_type, task_id, number of training tasks) of this process under a multi-worker strategy; (None, None, 1)
+    otherwise."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None, None, 1
+    spec = resolver.cluster_spec().as_dict()
+    n = len(spec.get("chief", [])) + len(spec.get("worker", []))
+    return resolver.task_type, resolver.task_id, n
+
+
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process writes outputs and logs: the ``chief`` task, or worker 0 when the cluster has no chief.
+    True for a single process (no TF_CONFIG, or any strategy other than ``MultiWorkerMirroredStrategy``); without a
+    strategy, decided from ``TF_CONFIG`` alone."""
+    if strategy is None:
+        conf = _tf_config()
+        if _cluster_workers(conf) <= 1:
+            return True
+        task = conf.get("task", {})
+        task_type, task_id, has_chief = task.get("type"), int(task.get("index", 0)), bool(conf["cluster"].get("chief"))
+    else:
+        task_type, task_id, n = _task(strategy)
+        if n <= 1 or task_type is None:
+            return True
+        has_chief = bool(strategy.cluster_resolver.cluster_spec().as_dict().get("chief"))
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -227,6 +280,12 @@ def fit(
     * ``strategy``: the ``tf.distribute`` strategy the flow's variables were created under (default: the current
       one, i.e. the default strategy: one device). Under ``MirroredStrategy`` each batch is split over the
       replicas and the gradients are summed; the loss is ``-sum(log p) / global_batch`` in every case.
+      Under ``MultiWorkerMirroredStrategy`` (see :func:`pick_strategy`) every worker draws the same global batch
+      (:func:`batch_indices`) and feeds only its own replicas' shares; each worker evaluates the whole validation
+      set on its (identical) copy of the weights, so every worker takes the same decisions (best step, early
+      stop). Only the chief (:func:`is_chief`) keeps checkpoints in ``checkpoint_dir``; the other workers save to a
+      temporary directory that is deleted at once, and resume from ``checkpoint_dir`` when they can see it (a
+      shared file system): a resume where the workers would start from different steps is refused.
     * ``config.mixed_precision``: the loss is scaled dynamically (``LossScaleOptimizer``) so float16 gradients do
       not underflow. Which ops run in float16 is decided when the flow is built (Keras' global policy
       ``mixed_float16``, set by the caller); log-densities, log-determinants, the loss and all variables stay
@@ -300,19 +359,31 @@ def fit(
     best = Checkpointer(flow)
     state = {"bad_evals": 0, "running": 0.0, "count": 0, "elapsed": 0.0, "finished": False}
     manager = None
+    _, _, workers = _task(strategy)
+    chief = is_chief(strategy)
     if checkpoint_dir is not None:
         state_var = tf.Variable("", dtype=tf.string, trainable=False, name="train_state")
         ckpt = tf.train.Checkpoint(flow=flow, optimizer=optimizer, best=best.module, state=state_var)
-        manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=max(config.keep_checkpoints, 1))
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        keep = max(config.keep_checkpoints, 1)
+        if chief:
+            manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=keep)
+            latest = manager.latest_checkpoint
+        else:
+            # another worker of a multi-worker run: it resumes from the chief's checkpoint when it can see it (a
+            # shared file system), and writes its own to a temporary directory deleted after each save
+            manager = _WorkerCheckpoints(ckpt, keep)
+            latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+        if workers > 1:
+            _check_same_resume_step(strategy, latest)
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
             saved = json.loads(state_var.numpy().decode())
             state.update(saved["state"])
             history = History(**saved["history"])
             best.saved = saved["best_saved"]
             history.resumed_from = saved["step"]
-            history.checkpoint = manager.latest_checkpoint
-            log(f"resumed from {manager.latest_checkpoint} at step {saved['step']}/{config.steps}")
+            history.checkpoint = latest if chief else ""
+            log(f"resumed from {latest} at step {saved['step']}/{config.steps}")
 
     def write_checkpoint(step):
         if manager is None:
@@ -385,6 +456,52 @@ def fit(
     history.train_seconds = elapsed()
     best.restore()
     return history
+
+
+class _WorkerCheckpoints:
+    """A non-chief worker's stand-in for the CheckpointManager under ``MultiWorkerMirroredStrategy``: every worker
+    must call ``save`` (it may run collective ops), but only the chief keeps what it writes; the others write to a
+    fresh temporary directory and delete it at once (the pattern of the TensorFlow multi-worker guide)."""
+
+    def __init__(self, ckpt, keep):
+        self.ckpt, self.keep = ckpt, keep
+        self.latest_checkpoint = None
+        self.directory = "(a non-chief worker's temporary directory)"
+
+    def save(self, checkpoint_number):
+        import shutil
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="flows-worker-ckpt-")
+        try:
+            tf.train.CheckpointManager(self.ckpt, tmp, max_to_keep=self.keep).save(checkpoint_number=checkpoint_number)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return ""
+
+
+def _check_same_resume_step(strategy, latest):
+    """Every worker must resume from the same step, or the collectives would pair different steps (or hang): the
+    sum and the sum of squares of the workers' steps are all-reduced (on every worker, so all take the same
+    decision); the steps are all equal exactly when n * sum(s^2) == sum(s)^2 (exact in float64 for any step count)."""
+    step = float(_checkpoint_step(latest))
+    n = strategy.num_replicas_in_sync
+    values = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant([step, step * step], tf.float64)
+    )
+    total, squares = strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy().tolist()
+    if n * squares != total * total:
+        raise RuntimeError(
+            f"the workers would resume from different steps (this one: {step:.0f}, mean {total / n:.1f}): every "
+            "worker must see the chief's checkpoint directory (a shared file system), or delete it to start afresh"
+        )
+
+
+def _checkpoint_step(path) -> int:
+    if not path:
+        return 0
+    tail = str(path).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def _last_good(manager, history) -> str:

@@ -25,13 +25,20 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
-# The test suite also drives the MLflow UI in headless Chromium (Debian's package).
-if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Debian's chromium for the MLflow UI test (apt-get)..."
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "warning: chromium is missing; install it (Debian: sudo apt-get install chromium) or tests/test_mlflow_ui.py fails" >&2
+# The test suite also drives the MLflow UI in headless Chromium and runs an MLflow tracking server on a real
+# PostgreSQL server (Debian's packages; initdb/pg_ctl live in /usr/lib/postgresql/<version>/bin, not on PATH).
+if [ "${1:-}" = "--test" ]; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || command -v pg_ctl >/dev/null || missing+=(postgresql)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "installing Debian's ${missing[*]} for the tests (apt-get)..."
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "warning: ${missing[*]} missing; install (Debian: sudo apt-get install ${missing[*]}) or" \
+           "tests/test_mlflow_ui.py / tests/test_tracking_server.py fail" >&2
+    fi
   fi
 fi
 # DVC must not phone home (the project runs offline); the repo's .dvc/config already says so.

@@ -6,6 +6,10 @@ models/<cell>/ (weights and config), plots/history/<cell>.csv and metrics/train/
 While it trains, checkpoints go to checkpoints/<cell>/ (not a DVC output, git-ignored), so a stage killed at
 any moment and run again (``dvc repro``) resumes there and ends with the same numbers; the directory is
 deleted once the outputs are written. A checkpoint written with other settings (params, data) is discarded.
+
+With ``TF_CONFIG`` naming a cluster of several workers (README: "Multi-worker training") every worker runs this
+same command and trains under ``MultiWorkerMirroredStrategy``; only the chief writes the outputs and checkpoints
+and logs to MLflow, the other workers train alongside and exit 0 without writing anything in the repository.
 """
 
 from __future__ import annotations
@@ -73,7 +77,13 @@ def load_data(dataset):
 def device_name(strategy=None) -> str:
     import tensorflow as tf
 
+    from flows.training import _task
+
     gpus = tf.config.list_logical_devices("GPU")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        local = f"{len(gpus)} GPUs" if gpus else f"CPU ({platform.processor() or platform.machine()})"
+        return (f"{strategy.num_replicas_in_sync} replicas (MultiWorkerMirroredStrategy, "
+                f"{_task(strategy)[2]} workers; chief: {local})")
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         return f"{strategy.num_replicas_in_sync} GPUs ({type(strategy).__name__}: {', '.join(g.name for g in gpus)})"
     return gpus[0].name if gpus else f"CPU ({platform.processor() or platform.machine()})"
@@ -102,6 +112,18 @@ def data_fingerprint(dataset) -> str:
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
 
 
+def worker_resume_dir(path: Path, fingerprint: dict) -> str:
+    """A non-chief worker's view of the chief's checkpoint directory, read-only: ``path`` when it holds a stamp
+    of the same settings (a shared file system), otherwise a new empty temporary directory (a fresh start)."""
+    import tempfile
+
+    stamp = path / "fingerprint.json"
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    if stamp.exists() and stamp.read_text() == text:
+        return str(path)
+    return tempfile.mkdtemp(prefix="flows-worker-resume-")
+
+
 def main(argv=None):
     args = parse_args(argv)
     params = load_params()
@@ -113,9 +135,15 @@ def main(argv=None):
 
     import tensorflow as tf
 
+    from flows.training import TrainConfig, fit, is_chief, pick_strategy, set_seed
+
+    # first of all TensorFlow: MultiWorkerMirroredStrategy (TF_CONFIG) must exist before the runtime starts.
+    # Several GPUs: MirroredStrategy; otherwise the default (one device)
+    strategy = pick_strategy()
+    chief = is_chief(strategy)
+
     import flows.datasets as fd
     from flows.experiment import model_for_data
-    from flows.training import TrainConfig, fit, pick_strategy, set_seed
     from stages import tracking
 
     splits = load_data(args.dataset)
@@ -125,17 +153,19 @@ def main(argv=None):
     config = TrainConfig(seed=params["seed"], **train_cfg)
 
     ckpt_dir = Path(args.checkpoints or f"checkpoints/{out.name}")
-    resume_from = prepare_checkpoints(
-        ckpt_dir,
-        {"flow": args.flow, "dataset": args.dataset, "seed": params["seed"], "hparams": hparams,
-         "train": {**train_cfg, "logit_alpha": alpha}, "data": data_fingerprint(args.dataset)},
-    )
+    fingerprint = {"flow": args.flow, "dataset": args.dataset, "seed": params["seed"], "hparams": hparams,
+                   "train": {**train_cfg, "logit_alpha": alpha}, "data": data_fingerprint(args.dataset)}
+    if chief:
+        resume_from = prepare_checkpoints(ckpt_dir, fingerprint)
+        fit_ckpt_dir = ckpt_dir
+    else:  # writes nothing here: resumes from the chief's checkpoints if it sees them, saves to a temporary dir
+        fit_ckpt_dir = Path(worker_resume_dir(ckpt_dir, fingerprint))
+        resume_from = None
 
     if config.mixed_precision:
         import tf_keras as keras
 
         keras.mixed_precision.set_global_policy("mixed_float16")  # layers that follow the global policy
-    strategy = pick_strategy()  # several GPUs: MirroredStrategy; otherwise the default (one device)
     if tf.config.list_logical_devices("GPU"):
         # CPU kernels are deterministic already (a resumed run matches bitwise); GPU reductions need this
         config.deterministic = True
@@ -145,6 +175,8 @@ def main(argv=None):
             args.flow, hparams, spec.kind, spec.event_shape, getattr(spec, "levels", None), alpha
         )
     stage = args.stage or f"train@{cell}"
+    if not chief:
+        return train_worker(flow, splits, config, transform, fit_ckpt_dir, ckpt_dir, strategy, stage)
     extra_tags = {"resumed_from": resume_from} if resume_from else {}
     run = tracking.Run(
         name=cell,
@@ -171,7 +203,7 @@ def main(argv=None):
             config,
             transform=transform,
             on_eval=lambda step, tr, va: run.log_metrics({"train_nll": tr, "val_nll": va}, step=step),
-            checkpoint_dir=ckpt_dir,
+            checkpoint_dir=fit_ckpt_dir,
             strategy=strategy,
         )
     except BaseException:
@@ -221,6 +253,30 @@ def main(argv=None):
         pass
     print(f"{stage}: best validation NLL {history.best_val_loss:.4f} nats at step {history.best_step}, "
           f"{history.train_seconds:.1f} s; MLflow run {run.run_id}")
+
+
+def train_worker(flow, splits, config, transform, fit_ckpt_dir, ckpt_dir, strategy, stage):
+    """A non-chief worker of a multi-worker run: the same training (its collectives pair with the chief's), no
+    MLflow run, no outputs; the weights are written (every worker must call save) to a deleted temporary dir."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from flows.training import fit
+
+    try:
+        history = fit(flow, splits.train, splits.val, config, transform=transform, checkpoint_dir=fit_ckpt_dir,
+                      strategy=strategy)
+        tmp = tempfile.mkdtemp(prefix="flows-worker-model-")
+        try:
+            tf.train.Checkpoint(flow=flow).write(str(Path(tmp) / "weights"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if Path(fit_ckpt_dir) != ckpt_dir:  # the empty directory of a fresh start
+            shutil.rmtree(fit_ckpt_dir, ignore_errors=True)
+    print(f"{stage} (worker {strategy.cluster_resolver.task_type}:{strategy.cluster_resolver.task_id}): best "
+          f"validation NLL {history.best_val_loss:.4f} nats at step {history.best_step}; the chief writes the outputs")
 
 
 if __name__ == "__main__":
