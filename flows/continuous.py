@@ -61,6 +61,13 @@ class ODEFlow(FlowLayer):
         self.train_exact = trace == "exact" or (trace == "auto" and self.d <= 10)
         self.eval_exact = self.train_exact or self.d <= int(exact_eval_max_dim)
         self.net = MLP(self.d + 1, hidden_units, self.d, self.dtype, activation="tanh", zero_last=False, seed=seed)
+        self.noise_seed = int(seed)
+        if not (self.train_exact and self.eval_exact):
+            # Hutchinson's noise is drawn from (seed, number of draws so far): a counter kept in the checkpoint,
+            # so a resumed training draws exactly the noise the uninterrupted one would have drawn
+            with tf.init_scope():
+                self.noise_draws = tf.Variable(0, dtype=tf.int64, trainable=False, name="noise_draws",
+                                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def _dynamics(self, t, z, eps):
         """(dz/dt, J^T = df/dz as [b, d_in, d_out]) when ``eps`` is None, else (dz/dt, Hutchinson's ``e^T J e``).
@@ -87,8 +94,10 @@ class ODEFlow(FlowLayer):
 
     def _integrate(self, z, t0, t1, exact):
         eps = None
-        if not exact:  # one Rademacher vector for the whole trajectory
-            eps = tf.cast(tf.random.uniform(tf.shape(z), 0, 2, dtype=tf.int32) * 2 - 1, self.dtype)
+        if not exact:  # one Rademacher vector for the whole trajectory, a pure function of (seed, draw number)
+            seed = tf.stack([tf.constant(self.noise_seed, tf.int64), self.noise_draws.read_value()])
+            eps = tf.cast(tf.random.stateless_uniform(tf.shape(z), seed, 0, 2, dtype=tf.int32) * 2 - 1, self.dtype)
+            self.noise_draws.assign_add(1)
         h = tf.constant((t1 - t0) / self.num_steps, self.dtype)
         eye = tf.eye(self.d, dtype=self.dtype)
         ld = tf.zeros(tf.shape(z)[:1], self.dtype)

@@ -29,7 +29,9 @@ ckpt, flow_name, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
 rng = np.random.default_rng(0)
 x = (rng.normal(size=(3000, 2)) * [2.0, 0.5] + [1.0, -1.0]).astype(np.float32)
 set_seed(5)
-flow = flows.build_flow(flow_name, [2], num_layers=2, hidden_units=[16, 16])
+hparams = {"ffjord": {"hidden_units": [16, 16], "trace": "hutchinson", "num_steps": 4}}.get(
+    flow_name, {"num_layers": 2, "hidden_units": [16, 16]})
+flow = flows.build_flow(flow_name, [2], **hparams)
 config = TrainConfig(steps=120, batch_size=64, eval_every=20, checkpoint_every=10, learning_rate=3e-3, seed=5)
 h = fit(flow, x[:2000], x[2000:2500], config, checkpoint_dir=None if ckpt == "-" else ckpt,
         log=lambda line: (print(line, flush=True), time.sleep(slow)))
@@ -52,7 +54,7 @@ def result(proc):
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.parametrize("flow_name", ["maf"])
+@pytest.mark.parametrize("flow_name", ["maf", "ffjord"])  # ffjord: stochastic (Hutchinson) training loss
 def test_kill_9_and_resume_gives_the_same_test_number(tmp_path, flow_name):
     ckpt = tmp_path / "ckpt"
     reference = run(["-", flow_name, "0"])  # uninterrupted, no checkpoints
