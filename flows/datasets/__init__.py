@@ -6,6 +6,8 @@
     >>> manifest = fd.prepare("8gaussians", "data/raw/8gaussians", "data/prepared/8gaussians", n_train=1000)
     >>> splits = fd.load_splits("data/prepared/8gaussians")   # memory-mapped train / val / test + manifest
 
+``load_splits`` checks every file against the manifest's SHA-256 (``ChecksumError`` names a corrupt file).
+
 Registered data sets (``DATASETS``; prepare params and their defaults in ``DATASETS[name].defaults``):
 
 * toy (2-D, offline, true log-density in :mod:`flows.datasets.toy`): swissroll, circles, rings, moons,
@@ -24,6 +26,7 @@ Sources, checksums and every preprocessing step: ``shared/reference/benchmarks.m
 
 from ._core import (  # noqa: F401
     DATASETS,
+    ChecksumError,
     DatasetSpec,
     Splits,
     check_params,
@@ -40,6 +43,7 @@ from . import legacy_pickle  # noqa: E402,F401
 
 __all__ = [
     "DATASETS",
+    "ChecksumError",
     "DatasetSpec",
     "Splits",
     "check_params",
