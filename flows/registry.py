@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._options import accepted, type_name as _type_name, type_ok as _type_ok
+from ._options import accepted, size_problem as _size_problem, type_name as _type_name, type_ok as _type_ok
 from .base import Flow, as_dtype
 
 __all__ = ["FlowSpec", "FLOWS", "register", "build_flow", "check_hparams", "accepted"]
@@ -60,6 +60,9 @@ def check_hparams(name: str, hparams: dict[str, Any], where: str = "") -> dict[s
             raise ValueError(
                 f"{prefix}flow {name!r}: {key} = {value!r} must be {_type_name(default)} (default {default!r})"
             )
+        problem = _size_problem(key, default, value)
+        if problem:
+            raise ValueError(f"{prefix}flow {name!r}: {key} = {value!r} must be {problem} (default {default!r})")
         out[key] = float(value) if isinstance(default, float) else value
     return out
 

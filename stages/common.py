@@ -48,13 +48,31 @@ class StageError(RuntimeError):
     """A stage cannot run (missing input, bad file); the message says which and what to do."""
 
 
+def _expected_errors() -> tuple[type, ...]:
+    """The exceptions that mean bad input rather than a bug: reported in one line, without a traceback."""
+    errors = [ParamsError, StageError, OSError, ValueError, TypeError, FloatingPointError]
+    downloader = sys.modules.get("flows.datasets.downloader")  # imported by every stage that downloads
+    if downloader is not None:
+        errors.append(downloader.DownloadError)
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        # "[Errno 13] Permission denied: 'x'" -> "x: Permission denied" (the file first, as the other messages)
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        return f"{where}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def run_main(main):
     """Run a stage's main(); turn expected errors into one line on stderr and exit status 2."""
     try:
         main()
-    except (ParamsError, StageError, FileNotFoundError, ValueError, TypeError) as exc:
-        msg = " ".join(str(exc).split())  # one line, whatever the message contained
-        print(f"error: {msg}", file=sys.stderr)
+    except Exception as exc:
+        if not isinstance(exc, _expected_errors()):
+            raise  # a bug: keep the traceback
+        print(f"error: {_one_line(exc)}", file=sys.stderr)  # one line, whatever the message contained
         sys.exit(2)
 
 
@@ -79,6 +97,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
     """Read and validate params.yaml; returns the dict with every section completed by the defaults."""
     import flows
     import flows.datasets as fd
+    from flows._options import size_problem
 
     path = Path(path) if path else Path.cwd() / PARAMS_FILE
     name = path.name
@@ -129,7 +148,8 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
         _fail("flows", flow_sections, "a mapping flow name -> hyper-parameters", name)
     full_flows = {}
     for fname, hp in flow_sections.items():
-        check_flow(f"flows.{fname}", fname) if fname not in flow_names else None
+        if fname not in flow_names:
+            check_flow(f"flows.{fname}", fname)
         if hp is not None and not isinstance(hp, dict):
             _fail(f"flows.{fname}", hp, "a mapping of hyper-parameters", name)
         try:
@@ -157,6 +177,10 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
             data = fd.check_params(dname, section.get("data") or {})
         except ValueError as exc:
             raise ParamsError(f"{name}: {key}.data: {' '.join(str(exc).split())}") from None
+        for k, v in (section.get("data") or {}).items():  # sizes (n_train, ...): positive
+            problem = size_problem(k, fd.DATASETS[dname].defaults[k], v)
+            if problem:
+                _fail(f"{key}.data.{k}", v, problem, name)
         train = check_train(section.get("train") or {}, f"{key}.train", name)
         overrides = section.get("overrides") or {}
         if not isinstance(overrides, dict):
@@ -257,13 +281,58 @@ def processed_dir(dataset: str) -> Path:
     return Path("data") / "processed" / dataset
 
 
+def load_checked_splits(dataset: str):
+    """The prepared splits of ``dataset`` (data/processed/<dataset>), checked for use: present, the data set's
+    event shape, and finite values.  Raises :class:`StageError` (one line naming the file and the problem)."""
+    import flows.datasets as fd
+
+    path = processed_dir(dataset)
+    if not (path / "manifest.json").exists():
+        raise StageError(f"{path} is missing: prepare it first (dvc repro prepare@{dataset})")
+    splits = fd.load_splits(path)
+    check_splits(splits, dataset, path)
+    return splits
+
+
+def check_splits(splits, dataset: str, path, chunk_rows: int = 1 << 16) -> None:
+    """Raise :class:`StageError` if a split of ``splits`` has not the shape [n, *event_shape] of ``dataset``, has
+    no rows, or holds NaN or Inf (float splits; read in chunks, so a memory-mapped split is never loaded whole)."""
+    import numpy as np
+
+    import flows.datasets as fd
+
+    spec = fd.DATASETS[dataset]
+    want = [int(d) for d in spec.event_shape]
+    again = f"prepare it again (dvc repro -f prepare@{dataset})"
+    for split in ("train", "val", "test"):
+        arr = getattr(splits, split)
+        file = Path(path) / f"{split}.npy"
+        if arr.ndim != len(want) + 1 or list(arr.shape[1:]) != want:
+            raise StageError(f"{file}: wrong dimensions: shape {list(arr.shape)}, expected [n, {', '.join(map(str, want))}] "
+                             f"for {dataset}; {again}")
+        if arr.shape[0] == 0:
+            raise StageError(f"{file}: no rows; {again}")
+        if np.issubdtype(arr.dtype, np.floating):
+            for start in range(0, arr.shape[0], chunk_rows):
+                block = np.asarray(arr[start:start + chunk_rows])
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    row = start + int(np.flatnonzero(bad.reshape(len(block), -1).any(axis=1))[0])
+                    kinds = " and ".join(k for k, m in (("NaN", np.isnan(block)), ("Inf", np.isinf(block))) if m.any())
+                    raise StageError(f"{file}: {kinds} in the data (first at row {row}); {again}")
+
+
 # --------------------------------------------------------------------------------------------- writing
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling path; on success rename it onto ``path`` (a file or a directory)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise StageError(f"cannot write {path}: {why} ({path.parent} is not a writable directory)") from None
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():

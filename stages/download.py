@@ -46,7 +46,13 @@ def resumable_dir(out: Path, settings: dict):
             print(f"discarding {tmp}: left by a download with other settings", file=sys.stderr)
             shutil.rmtree(tmp)
         stamp.write_text(text)
-        yield tmp
+        try:
+            yield tmp
+        except Exception:
+            # a refused or failed download: fetch() has deleted its .part file, nothing is left to resume;
+            # only a killed run (SIGKILL, Ctrl-C) keeps the work directory and resumes from it
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         if out.is_dir() and not out.is_symlink():
             shutil.rmtree(out)
         elif out.exists() or out.is_symlink():

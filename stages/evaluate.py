@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import StageError, atomic_path, cell_name, processed_dir, run_main, write_json  # noqa: E402
+from stages.common import StageError, atomic_path, cell_name, load_checked_splits, run_main, write_json  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -63,14 +63,18 @@ def main(argv=None):
     fig_dir = Path(args.figures or f"plots/figures/{cell}")
 
     import flows.datasets as fd
+
+    if args.dataset not in fd.DATASETS:
+        raise StageError(f"dataset {args.dataset!r} is unknown; accepted: {', '.join(sorted(fd.DATASETS))}")
+    # the inputs are checked before anything heavy is imported or written
+    splits = load_checked_splits(args.dataset)
+    if not (model_dir / "config.json").exists():
+        raise StageError(f"{model_dir / 'config.json'} is missing: train first (dvc repro train@{model_dir.name})")
+
     from flows.experiment import bits_per_dim
     from flows.training import evaluate
     from stages import figures, tracking
 
-    data_dir = processed_dir(args.dataset)
-    if not (data_dir / "manifest.json").exists():
-        raise StageError(f"{data_dir} is missing: prepare it first (dvc repro prepare@{args.dataset})")
-    splits = fd.load_splits(data_dir)
     flow, transform, cfg = restore(model_dir, splits)
     spec = fd.DATASETS[args.dataset]
     result = evaluate(flow, splits.test, batch_size=cfg["train"].get("eval_batch_size", 4096),

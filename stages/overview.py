@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.common import (  # noqa: E402
-    StageError, atomic_path, cell_name, load_params, processed_dir, run_main, write_json,
+    StageError, atomic_path, cell_name, load_checked_splits, load_params, run_main, write_json,
 )
 
 #: the GIF every run writes (the paper figure of the seed project); other flows get one when they can sample
@@ -51,15 +51,11 @@ def toy_sets(params) -> list[str]:
 
 def load_cells(params, models_dir: Path, datasets):
     """{(flow, dataset): trained flow} for every grid flow on ``datasets``, and the test split per data set."""
-    import flows.datasets as fd
     from stages.evaluate import restore
 
     cells, tests = {}, {}
     for d in datasets:
-        data_dir = processed_dir(d)
-        if not (data_dir / "manifest.json").exists():
-            raise StageError(f"{data_dir} is missing: prepare it first (dvc repro prepare@{d})")
-        splits = fd.load_splits(data_dir)
+        splits = load_checked_splits(d)  # present, of the right shape, finite
         tests[d] = np.asarray(splits.test)
         for f in params["grid"]["flows"]:
             model_dir = models_dir / cell_name(f, d)

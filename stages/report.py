@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -106,12 +107,14 @@ def main(argv=None):
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    with atomic_path("metrics/results.csv") as tmp:
-        tmp.write_text(buf.getvalue())
-    with atomic_path("metrics/results.md") as tmp:
-        tmp.write_text(to_markdown(rows))
-    with atomic_path("plots/results.png") as tmp:
-        figure(rows, tmp)
+    # all three are written to temporary files first and renamed only once every one is complete, so an
+    # unwritable directory (or a failing figure) leaves none of them half-updated
+    with ExitStack() as stack:
+        csv_tmp, md_tmp, png_tmp = (stack.enter_context(atomic_path(p))
+                                    for p in ("metrics/results.csv", "metrics/results.md", "plots/results.png"))
+        csv_tmp.write_text(buf.getvalue())
+        md_tmp.write_text(to_markdown(rows))
+        figure(rows, png_tmp)
 
     from stages import tracking
 

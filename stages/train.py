@@ -33,6 +33,7 @@ from stages.common import (  # noqa: E402
     atomic_path,
     cell_name,
     cell_settings,
+    load_checked_splits,
     load_params,
     processed_dir,
     run_main,
@@ -63,15 +64,13 @@ def check_choice(params, flow, dataset):
 
 
 def load_data(dataset):
-    import flows.datasets as fd
-
     path = processed_dir(dataset)
     if not (path / "manifest.json").exists():
         raise StageError(
             f"{path} is missing: only the data sets in params.yaml's grid.datasets are prepared; "
             f"add {dataset!r} there (then dvc repro prepare@{dataset})"
         )
-    return fd.load_splits(path)
+    return load_checked_splits(dataset)  # present, of the data set's event shape, finite
 
 
 def device_name(strategy=None) -> str:

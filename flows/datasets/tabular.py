@@ -102,6 +102,7 @@ def maf_miniboone(data: np.ndarray):
 
 # ------------------------------------------------------------------------------------------ fetch / read
 def _fetch_maf(name, raw_dir: Path, mirror, params):
+    raw_dir = Path(raw_dir).resolve()  # extract() returns resolved paths: relative_to needs the same form
     archive = dl.fetch(MAF_ARCHIVE, raw_dir, MAF_URLS, mirror=mirror, md5=None if params["skip_md5"] else MAF_MD5,
                        how_to="download data.tar.gz from https://zenodo.org/record/1161203 into a directory and "
                               f"pass it as mirror= (or set {dl.MIRROR_ENV})")
