@@ -4,6 +4,7 @@ times the cell's step budget.
     python benchmarks/paper_budget.py                         # ours (TensorFlow), on the device TF picks
     python benchmarks/paper_budget.py --backend zuko          # the PyTorch/zuko reference (GPU if torch sees one)
     python benchmarks/paper_budget.py --cells nsf-power,maf-gas --steps 20 --json out.json
+    python benchmarks/paper_budget.py --params params-paper-images.yaml --steps 3 --warmup 1   # the image cells
 
 For each cell of the paper grid, the flow is built with the cell's hyper-parameters (the flow's section plus the
 data set's overrides, exactly as `dvc repro` does) for the data set's dimension, and trained on standard-normal
@@ -25,7 +26,8 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DIMS = {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63, "moons": 2, "digits": 64}
+DIMS = {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63, "moons": 2, "digits": 64,
+        "mnist": (28, 28, 1), "celeba": (64, 64, 3), "celeba32": (32, 32, 3)}  # images: the flow sees [h, w, c]
 
 
 def load_cells(path, only=None):
@@ -54,9 +56,11 @@ def time_ours(cell, warmup, steps):
     from flows.training import TrainConfig, fit, set_seed
 
     set_seed(0)
-    flow = flows.build_flow(cell["flow"], [cell["dim"]], **cell["hparams"])
+    shape = list(cell["dim"]) if isinstance(cell["dim"], tuple) else [cell["dim"]]
+    flow = flows.build_flow(cell["flow"], shape, **cell["hparams"])
     t = cell["train"]
-    x = np.random.default_rng(0).normal(size=(max(20 * t["batch_size"], 4096), cell["dim"])).astype(np.float32)
+    rows = max(20 * t["batch_size"], 4096 if len(shape) == 1 else 256)
+    x = np.random.default_rng(0).normal(size=[rows] + shape).astype(np.float32)
     cfg = TrainConfig(steps=warmup + steps, batch_size=t["batch_size"], learning_rate=t["learning_rate"],
                       clip_norm=t.get("clip_norm", 5.0), eval_every=warmup, max_val=256,
                       jit_compile=bool(t.get("jit_compile", False)), seed=0)
@@ -70,6 +74,8 @@ def time_zuko(cell, warmup, steps):
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     hp, d, fl = cell["hparams"], cell["dim"], cell["flow"]
+    if isinstance(d, tuple):
+        return None  # zuko has no image flows
     hf = tuple(hp.get("hidden_units", (64, 64)))
     n = int(hp.get("num_layers", 5))
     if fl == "maf":

@@ -35,6 +35,24 @@ def test_paper_params_are_valid():
     assert params["datasets"]["power"]["train"]["steps"] >= 100_000
 
 
+def test_paper_image_params_are_valid_and_every_cell_builds():
+    """params-paper-images.yaml: Real NVP and Glow on MNIST and CelebA 64x64; each cell's architecture fits its
+    images (Glow's levels each halve the side: 28 allows 2, 64 allows 4) and the logit alpha is the protocol's."""
+    import flows
+    import flows.datasets as fd
+    from stages.common import cell_settings
+
+    params = load_params(ROOT / "params-paper-images.yaml")
+    assert set(params["grid"]["datasets"]) == {"mnist", "celeba"}
+    for flow in params["grid"]["flows"]:
+        for ds in params["grid"]["datasets"]:
+            hparams, train = cell_settings(params, flow, ds)
+            assert train["logit_alpha"] == {"mnist": 1e-6, "celeba": 0.05}[ds]
+            assert train["steps"] >= 50_000
+            built = flows.build_flow(flow, fd.DATASETS[ds].event_shape, **hparams)
+            assert len(built.layers) > 10, (flow, ds)
+
+
 def mutate(path, value):
     params = copy.deepcopy(BASE)
     node = params
