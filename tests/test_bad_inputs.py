@@ -59,19 +59,16 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-TOP_SKIP = {".git", ".venv", "data", "models", "mlartifacts", "mlruns", "metrics", "plots", ".pytest_cache",
-            "dvc.lock", "mlflow.db", "mlflow.lock", "experiment", "dvc_plots", "checkpoints", "benchmarks",
-            "example_training.ipynb"}
+from helpers import STAGE_DROP, LocalHTTPServer, copy_repo, load_params, stage_env
+
+EXTRA_SKIP = {"checkpoints", "benchmarks", "example_training.ipynb"}  # not copied besides helpers.TOP_SKIP
 #: the state every case starts from (restored before each case)
 STATE = ("data", "metrics", "plots", "models", "checkpoints", "experiment", "mlruns", "mlartifacts", "mlflow.db")
 SETPRIV = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search",
@@ -79,59 +76,37 @@ SETPRIV = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-ca
 
 
 # ------------------------------------------------------------------------------------------- the fixtures
-class _Server:
+class _Server(LocalHTTPServer):
     """Serves ``files`` {name: bytes} on 127.0.0.1; 404 for anything else."""
 
     def __init__(self):
         self.files = {}
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/").split("?")[0]
-                if name not in outer.files:
-                    self.send_error(404)
-                    return
-                body = outer.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _ignore(directory, names):
-    skip = {"__pycache__"} | (TOP_SKIP if Path(directory) == ROOT else set())
-    return [n for n in names if n in skip]
+    def handle_get(self, request):
+        name = self.name_of(request)
+        if name not in self.files:
+            request.send_error(404)
+            return
+        body = self.files[name]
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
 
 
 def _env(mirror: str = "") -> dict:
-    env = dict(os.environ)
-    for k in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "NO_PROXY"):
-        env.pop(k, None)
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", DVC_NO_ANALYTICS="1",
+    return stage_env(
+        drop=(*STAGE_DROP, "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "NO_PROXY"),
+        TF_USE_LEGACY_KERAS="1",
         # official URLs (tried after the mirror) fail at once: the proxy's name never resolves (RFC 2606)
         http_proxy="http://proxy.invalid:9", https_proxy="http://proxy.invalid:9", no_proxy="127.0.0.1,localhost",
         FLOWS_DATA_MIRROR=mirror,
     )
-    return env
 
 
 def _tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_params()
     params["grid"] = {"flows": ["maf"], "datasets": ["moons"]}
     params["flow"], params["dataset"] = "maf", "moons"
     params["figures"] = {"energy_layers": 2, "energy_steps": 10}
@@ -160,8 +135,7 @@ def server():
 def repo(tmp_path_factory):
     """A tiny repository copy with moons downloaded and prepared by the real stages, and a fake evaluation."""
     base = tmp_path_factory.mktemp("bad_inputs")
-    repo = base / "repo"
-    shutil.copytree(ROOT, repo, ignore=_ignore)
+    repo = copy_repo(base / "repo", extra_skip=EXTRA_SKIP)
     (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     for stage in ("download", "prepare"):
         proc = _stage(repo, f"stages/{stage}.py", "moons")

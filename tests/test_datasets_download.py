@@ -5,9 +5,7 @@ import hashlib
 import io
 import struct
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -15,55 +13,34 @@ import pytest
 import flows.datasets as fd
 from flows.datasets import downloader as dl
 from flows.datasets import mnist, power
+from helpers import LocalHTTPServer
 
 
-class _Server:
+class _Server(LocalHTTPServer):
     """Serves ``files`` {name: bytes}; Range requests; ``cut[name] = k`` sends only k bytes the next k-times."""
 
     def __init__(self):
         self.files, self.cut, self.log = {}, {}, []
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/").split("?")[0]
-                outer.log.append((self.path, self.headers.get("Range")))
-                if name not in outer.files:
-                    self.send_error(404)
-                    return
-                body = outer.files[name]
-                if callable(body):
-                    body = body(self.path)
-                start = 0
-                rng = self.headers.get("Range")
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                chunk = body[start:]
-                if outer.cut.get(name):
-                    chunk = chunk[: outer.cut.pop(name)]  # then drop the connection: an interrupted transfer
-                    self.wfile.write(chunk)
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(chunk)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def handle_get(self, request):
+        name = self.name_of(request)
+        self.log.append((request.path, request.headers.get("Range")))
+        if name not in self.files:
+            request.send_error(404)
+            return
+        body = self.files[name]
+        if callable(body):
+            body = body(request.path)
+        start = self.send_range_head(request, body)
+        chunk = body[start:]
+        if self.cut.get(name):
+            chunk = chunk[: self.cut.pop(name)]  # then drop the connection: an interrupted transfer
+            request.wfile.write(chunk)
+            request.wfile.flush()
+            request.close_connection = True
+            return
+        request.wfile.write(chunk)
 
 
 @pytest.fixture

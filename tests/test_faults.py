@@ -20,11 +20,8 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -33,25 +30,15 @@ import yaml
 
 import flows.datasets as fd
 from flows.datasets import power
+from helpers import STAGE_DROP, LocalHTTPServer, copy_repo, load_params, stage_env, tiny_moons
 
-ROOT = Path(__file__).resolve().parents[1]
-TOP_SKIP = {".git", ".venv", "data", "models", "mlartifacts", "mlruns", "metrics", "plots", ".pytest_cache",
-            "dvc.lock", "mlflow.db", "mlflow.lock", "experiment", "dvc_plots", "checkpoints", "benchmarks"}
+EXTRA_SKIP = {"checkpoints", "benchmarks"}  # not copied besides helpers.TOP_SKIP
 DVC_KILLED = "had been killed. Auto removed it from the lock file"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _env() -> dict:
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1",
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@localhost",
-    )
-    for key in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "FLOWS_DATA_MIRROR"):
-        env.pop(key, None)
-    return env
+    return stage_env(drop=(*STAGE_DROP, "FLOWS_DATA_MIRROR"), git_identity=True, TF_USE_LEGACY_KERAS="1")
 
 
 def run(repo, *cmd, check=True, timeout=300):
@@ -93,20 +80,9 @@ def digests(directory) -> dict:
             for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def _ignore(directory, names):
-    d = Path(directory)
-    skip = {"__pycache__"}
-    if d == ROOT:
-        skip |= TOP_SKIP
-    elif d == ROOT / ".dvc":
-        skip |= {"cache", "tmp"}
-    return [n for n in names if n in skip]
-
-
 def make_repo(base: Path, edit) -> Path:
-    repo = base / "repo"
-    shutil.copytree(ROOT, repo, ignore=_ignore)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    repo = copy_repo(base / "repo", extra_skip=EXTRA_SKIP)
+    params = load_params()
     params["figures"] = {"energy_layers": 2, "energy_steps": 10}
     edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -116,50 +92,30 @@ def make_repo(base: Path, edit) -> Path:
     return repo
 
 
-class ThrottledServer:
+class ThrottledServer(LocalHTTPServer):
     """Serves ``files`` {name: bytes} with HTTP Range; while ``throttle`` is set, 16 KiB every ``throttle`` s."""
 
     def __init__(self):
         self.files, self.log, self.throttle = {}, [], None
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/").split("?")[0]
-                rng = self.headers.get("Range")
-                outer.log.append((name, rng))
-                if name not in outer.files:
-                    self.send_error(404)
-                    return
-                body, start = outer.files[name], 0
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                try:
-                    for i in range(start, len(body), 1 << 14):
-                        self.wfile.write(body[i:i + (1 << 14)])
-                        self.wfile.flush()
-                        if outer.throttle:
-                            time.sleep(outer.throttle)
-                except (BrokenPipeError, ConnectionResetError):  # the client was killed
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def handle_get(self, request):
+        name = self.name_of(request)
+        rng = request.headers.get("Range")
+        self.log.append((name, rng))
+        if name not in self.files:
+            request.send_error(404)
+            return
+        body = self.files[name]
+        start = self.send_range_head(request, body)
+        try:
+            for i in range(start, len(body), 1 << 14):
+                request.wfile.write(body[i:i + (1 << 14)])
+                request.wfile.flush()
+                if self.throttle:
+                    time.sleep(self.throttle)
+        except (BrokenPipeError, ConnectionResetError):  # the client was killed
+            pass
 
 
 def uci_zip(n=60000) -> bytes:
@@ -336,12 +292,7 @@ def test_corrupt_processed_file_stops_the_train_stage(power_repo, reference, fau
 # ------------------------------------------------------------------------------------------------ training
 def _moons(steps=400):
     def edit(params):
-        params["grid"] = {"flows": ["maf"], "datasets": ["moons"]}
-        params["flow"], params["dataset"] = "maf", "moons"
-        params["flows"]["maf"] = {"num_layers": 2, "hidden_units": [16, 16]}
-        params["datasets"] = {"moons": {"data": {"n_train": 2000, "n_val": 500, "n_test": 1000},
-                                        "train": {"steps": steps, "batch_size": 128, "eval_every": 100,
-                                                  "checkpoint_every": 20}}}
+        tiny_moons(params, steps=steps, eval_every=100, checkpoint_every=20)
     return edit
 
 

@@ -4,15 +4,14 @@ through the REST API."""
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from helpers import free_port, server_process
 
 SETUP = "apt-get update && apt-get install -y chromium chromium-driver"
 EXPERIMENT = "ui-test-density-estimation"
@@ -26,12 +25,6 @@ def _chromium() -> str:
         if path:
             return path
     pytest.fail(f"headless Chromium is missing (no chromium on PATH): install it with `{SETUP}`")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fill_store(uri: str, artifacts: Path) -> str:
@@ -61,38 +54,14 @@ def server(tmp_path):
     _chromium()  # fail before starting anything when the browser is missing
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp_id = _fill_store(uri, tmp_path / "artifacts")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers: faster start
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow ui exited with {proc.returncode}: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log_tail = (tmp_path / "server.log").read_text()[-2000:]
-                pytest.fail(f"mlflow ui did not answer on {base} within 90 s: {log_tail}")
-            time.sleep(0.5)
+    with server_process(
+            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
+             str(port), "--workers", "1"],
+            tmp_path / "server.log", base + "/health", "mlflow ui", timeout=90, env=env, cwd=tmp_path):
         yield base, exp_id
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it started, nothing else
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def test_ui_lists_the_experiment_and_its_runs(server, tmp_path):

@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +24,8 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, copy_repo, free_ports, load_params, stage_env, tiny_moons
+
 TIMEOUT = 300
 
 # one worker (or the single-process reference without TF_CONFIG): argv = [output JSON, checkpoint directory]
@@ -58,29 +57,13 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def tf_config(index: int, ports) -> str:
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
 
 
 def base_env(**extra) -> dict:
-    env = dict(os.environ)
-    env.pop("TF_CONFIG", None)
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="", DVC_NO_ANALYTICS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.update(extra)
-    return env
+    return stage_env(drop=("TF_CONFIG",), TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="", **extra)
 
 
 def run_together(commands, logs: Path):
@@ -154,19 +137,8 @@ def test_two_workers_match_single_process_and_only_chief_writes(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # stages/train.py as two workers, each in its own copy of a tiny repository
 
-TOP_SKIP = {".git", ".venv", "data", "models", "mlartifacts", "mlruns", "metrics", "plots", ".pytest_cache",
-            "dvc.lock", "mlflow.db", "mlflow.lock", "experiment", "dvc_plots", "checkpoints"}
+EXTRA_SKIP = {"checkpoints"}  # not copied besides helpers.TOP_SKIP
 OUTPUTS = ["models/maf-moons", "plots/history/maf-moons.csv", "metrics/train/maf-moons.json"]
-
-
-def _ignore(directory, names):
-    d = Path(directory)
-    skip = {"__pycache__"}
-    if d == ROOT:
-        skip |= TOP_SKIP
-    elif d == ROOT / ".dvc":
-        skip |= {"cache", "tmp"}
-    return [n for n in names if n in skip]
 
 
 def _check(proc):
@@ -188,13 +160,8 @@ def _runs(db: Path):
 
 def test_train_stage_as_two_workers(tmp_path):
     chief_repo = tmp_path / "chief" / "repo"
-    shutil.copytree(ROOT, chief_repo, ignore=_ignore)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["grid"] = {"flows": ["maf"], "datasets": ["moons"]}
-    params["flow"], params["dataset"] = "maf", "moons"
-    params["flows"]["maf"] = {"num_layers": 2, "hidden_units": [16, 16]}
-    params["datasets"] = {"moons": {"data": {"n_train": 2000, "n_val": 500, "n_test": 1000},
-                                    "train": {"steps": 40, "batch_size": 128, "eval_every": 20}}}
+    copy_repo(chief_repo, extra_skip=EXTRA_SKIP)
+    params = tiny_moons(load_params())  # maf on moons, 40 steps
     (chief_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     db = tmp_path / "mlflow.db"
     env = base_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")

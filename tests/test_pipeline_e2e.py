@@ -11,36 +11,21 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-# not copied: outputs and state of the developer's own runs
-TOP_SKIP = {".git", ".venv", "data", "models", "mlartifacts", "mlruns", "metrics", "plots", ".pytest_cache",
-            "dvc.lock", "mlflow.db", "mlflow.lock", "experiment", "dvc_plots"}
+from helpers import copy_repo, load_params, stage_env, tiny_moons
+
 FLOWS = ["maf", "realnvp"]
 
 
 def _env(repo: Path) -> dict:
-    venv_bin = Path(sys.executable).parent
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@localhost",
-    )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_ROOT", None)
-    return env
+    return stage_env(git_identity=True)  # without MLFLOW_TRACKING_URI and DVC_ROOT
 
 
 def run(repo, *cmd, check=True, timeout=600):
@@ -50,28 +35,11 @@ def run(repo, *cmd, check=True, timeout=600):
     return proc
 
 
-def _ignore(directory, names):
-    d = Path(directory)
-    skip = {"__pycache__"}
-    if d == ROOT:
-        skip |= TOP_SKIP
-    elif d == ROOT / ".dvc":
-        skip |= {"cache", "tmp"}
-    return [n for n in names if n in skip]
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    shutil.copytree(ROOT, repo, ignore=_ignore)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["grid"] = {"flows": FLOWS, "datasets": ["moons"]}
-    params["flow"], params["dataset"] = "maf", "moons"
+    repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")  # without outputs and state of own runs
+    params = tiny_moons(load_params(), flows=FLOWS)  # maf (the default) and realnvp on moons, 40 steps
     params["figures"] = {"energy_layers": 2, "energy_steps": 10}
-    params["flows"]["maf"] = {"num_layers": 2, "hidden_units": [16, 16]}
-    params["flows"]["realnvp"] = {"num_layers": 2, "hidden_units": [16, 16]}
-    params["datasets"] = {"moons": {"data": {"n_train": 2000, "n_val": 500, "n_test": 1000},
-                                    "train": {"steps": 40, "batch_size": 128, "eval_every": 20}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(repo, "git", "init", "-q")
     run(repo, "git", "add", "-A")

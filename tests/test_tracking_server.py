@@ -14,28 +14,22 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+
+from helpers import free_port, load_params, server_process, stage_env, tiny_moons
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = "bash scripts/setup.sh --test (as root), or: apt-get install -y postgresql"
 EXPERIMENT = "density-estimation"  # stages/tracking.py's default
 DB, DB_USER, DB_PASSWORD = "mlflow", "mlflow", "mlflow-test-pw"
 STAGE = "train@maf-moons"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin() -> Path:
@@ -93,7 +87,7 @@ def postgres():
         pw = pwd.getpwnam("postgres")
         os.chown(base, pw.pw_uid, pw.pw_gid)
     data, log = base / "data", base / "server.log"
-    port = _free_port()
+    port = free_port()
     started = False
     try:
         _run(_as_db_owner([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--locale=C",
@@ -134,42 +128,16 @@ def tracking_server(postgres, tmp_path_factory):
     """`mlflow server` on 127.0.0.1:<free port> with the PostgreSQL backend store and artifacts it serves itself."""
     tmp = tmp_path_factory.mktemp("mlflow-server")
     artifacts = tmp / "artifacts"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = tmp / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres["uri"],
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer on {base}/health within 90 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with server_process(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres["uri"],
+             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            log_path, base + "/health", "mlflow server", timeout=90, env=env, cwd=tmp):
         yield {"uri": base, "port": port, "artifacts": artifacts, "log": log_path}
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it started, nothing else
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -180,19 +148,10 @@ def trained(tracking_server, tmp_path_factory):
     repo.mkdir()
     for name in ("flows", "stages"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["grid"] = {"flows": ["maf"], "datasets": ["moons"]}
-    params["flow"], params["dataset"] = "maf", "moons"
-    params["flows"]["maf"] = {"num_layers": 2, "hidden_units": [16, 16]}
-    params["datasets"] = {"moons": {"data": {"n_train": 2000, "n_val": 500, "n_test": 1000},
-                                    "train": {"steps": 40, "batch_size": 128, "eval_every": 20}}}
+    params = tiny_moons(load_params())  # maf on moons, 40 steps
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    venv_bin = Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1",
-               TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_TRACKING_URI=tracking_server["uri"])
-    env.pop("DVC_ROOT", None)
-    env.pop("FLOWS_MLFLOW_EXPERIMENT", None)
+    env = stage_env(drop=("DVC_ROOT", "FLOWS_MLFLOW_EXPERIMENT"), MLFLOW_TRACKING_URI=tracking_server["uri"])
     for cmd in (["stages/download.py", "moons"], ["stages/prepare.py", "moons"],
                 ["stages/train.py", "--flow", "maf", "--dataset", "moons", "--out", "models/maf-moons",
                  "--history", "plots/history/maf-moons.csv", "--metrics", "metrics/train/maf-moons.json",
