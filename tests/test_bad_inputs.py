@@ -378,7 +378,8 @@ def test_bad_input(repo, server, case):
     name, args, setup, expected, *rest = case
     privileged = rest[0] if rest else True
     if not privileged and os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: cannot make a directory read-only for the stage")
+        pytest.fail("running as root without setpriv (util-linux), which drops root's permission bypass so that a "
+                    "read-only directory refuses writes: install util-linux (Debian: apt-get install util-linux)")
     _reset(repo)
     if setup is not None:
         setup(repo, server)
