@@ -106,8 +106,8 @@ def zuko_main(args):
             results[name] = None if r is None else args.steps / (r["marks"][total] - r["marks"][args.warmup])
     else:
         for name in ("maf", "nsf_ar"):
-            results[name] = zuko_train(name, train, val, test, args.quality_steps, 512, args.layers, args.hidden, 0,
-                                       max(args.quality_steps // 5, 1), args.threads)
+            results[name] = [zuko_train(name, train, val, test, args.quality_steps, 512, args.layers, args.hidden,
+                                        seed, max(args.quality_steps // 5, 1), args.threads) for seed in _seeds(args)]
     print("JSON " + json.dumps(results), flush=True)
 
 
@@ -127,13 +127,17 @@ def our_flow(name, dim, layers, hidden):
     return flows.build_flow("glow", [dim], num_layers=layers, hidden_units=hu)
 
 
-def our_train(name, train, val, steps, batch, layers, hidden, eval_every, jit=False, max_val=20000):
+def _seeds(args):
+    return [int(s) for s in str(args.seeds).split(",")]
+
+
+def our_train(name, train, val, steps, batch, layers, hidden, eval_every, jit=False, max_val=20000, seed=0):
     from flows.training import TrainConfig, fit, set_seed
 
-    set_seed(0)
+    set_seed(seed)
     flow = our_flow(name, train.shape[1], layers, hidden)
     cfg = TrainConfig(steps=steps, batch_size=batch, learning_rate=1e-3, eval_every=eval_every, clip_norm=5.0,
-                      max_val=max_val, jit_compile=jit, seed=0)
+                      max_val=max_val, jit_compile=jit, seed=seed)
     history = fit(flow, train, val, cfg, log=lambda s: None)
     return flow, history
 
@@ -174,14 +178,16 @@ def tf_main(args):
     if not args.skip_quality:
         ours = {}
         for name in ("maf", "nsf_ar"):
-            t0 = time.perf_counter()
-            flow, h = our_train(name, train, val, args.quality_steps, 512, args.layers, args.hidden,
-                                max(args.quality_steps // 5, 1))
-            seconds = time.perf_counter() - t0
-            r = evaluate(flow, test)
-            ours[name] = {"test_ll": r["test_ll"], "se": r["test_ll_se"], "best_val": h.best_val_loss,
-                          "seconds": seconds}
-            print(f"ours {name}: {ours[name]}", file=sys.stderr, flush=True)
+            ours[name] = []
+            for seed in _seeds(args):
+                t0 = time.perf_counter()
+                flow, h = our_train(name, train, val, args.quality_steps, 512, args.layers, args.hidden,
+                                    max(args.quality_steps // 5, 1), seed=seed)
+                seconds = time.perf_counter() - t0
+                r = evaluate(flow, test)
+                ours[name].append({"test_ll": r["test_ll"], "se": r["test_ll_se"], "best_val": h.best_val_loss,
+                                   "seconds": seconds})
+                print(f"ours {name} seed {seed}: {ours[name][-1]}", file=sys.stderr, flush=True)
         zuko = run_zuko(args, "quality")
         out["quality"] = {"ours": ours, "zuko": zuko}
         print_quality(args, ours, zuko)
@@ -192,7 +198,7 @@ def tf_main(args):
 
 def run_zuko(args, task, flows_=",".join(FLOWS)):
     cmd = [args.zuko_python, os.path.abspath(__file__), "--backend", "zuko", "--task", task, "--flows", flows_]
-    for k in ("steps", "warmup", "batch", "layers", "hidden", "threads", "quality_steps"):
+    for k in ("steps", "warmup", "batch", "layers", "hidden", "threads", "quality_steps", "seeds"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -219,14 +225,17 @@ def print_throughput(args, ours, zuko):
 
 
 def print_quality(args, ours, zuko):
-    print(f"\nPOWER test log-likelihood (nats, +/- 2 se) after {args.quality_steps} steps, batch 512, "
-          f"{args.layers} transforms, 2x{args.hidden} hidden")
-    print("| flow | ours | zuko | ours s | zuko s |")
-    print("|---|---|---|---|---|")
+    print(f"\nPOWER test log-likelihood (nats, +/- 2 se over the test rows) after {args.quality_steps} steps, batch "
+          f"512, {args.layers} transforms, 2x{args.hidden} hidden; seeds {args.seeds} (mean over seeds last)")
+    print("| flow | seed | ours | zuko | ours s | zuko s |")
+    print("|---|---|---|---|---|---|")
     for name in ("maf", "nsf_ar"):
-        o, z = ours[name], zuko[name]
-        print(f"| {name} | {o['test_ll']:.3f} +/- {2 * o['se']:.3f} | {z['test_ll']:.3f} +/- {2 * z['se']:.3f} | "
-              f"{o['seconds']:.0f} | {z['seconds']:.0f} |")
+        for seed, o, z in zip(_seeds(args), ours[name], zuko[name]):
+            print(f"| {name} | {seed} | {o['test_ll']:.3f} +/- {2 * o['se']:.3f} | {z['test_ll']:.3f} +/- "
+                  f"{2 * z['se']:.3f} | {o['seconds']:.0f} | {z['seconds']:.0f} |")
+        mo = sum(o["test_ll"] for o in ours[name]) / len(ours[name])
+        mz = sum(z["test_ll"] for z in zuko[name]) / len(zuko[name])
+        print(f"| {name} | mean | {mo:.3f} | {mz:.3f} | | |")
 
 
 def main(argv=None):
@@ -242,6 +251,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads of each side (on a shared 2-core machine torch with 2 threads slows ~10x)")
     ap.add_argument("--quality-steps", type=int, default=3000)
+    ap.add_argument("--seeds", default="0", help="quality: comma-separated seeds, each run on both sides")
     ap.add_argument("--repeats", type=int, default=3, help="throughput: best of this many alternating runs")
     ap.add_argument("--flows", default=",".join(FLOWS), help=argparse.SUPPRESS)
     ap.add_argument("--skip-throughput", action="store_true")
