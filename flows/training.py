@@ -31,6 +31,7 @@ __all__ = [
     "Checkpointer",
     "pick_strategy",
     "is_chief",
+    "worker_task",
     "batch_indices",
 ]
 
@@ -199,7 +200,7 @@ def pick_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def _task(strategy) -> tuple:
+def worker_task(strategy) -> tuple:
     """(task_type, task_id, number of training tasks) of this process under a multi-worker strategy; (None, None, 1)
     otherwise."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -221,7 +222,7 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
         task = conf.get("task", {})
         task_type, task_id, has_chief = task.get("type"), int(task.get("index", 0)), bool(conf["cluster"].get("chief"))
     else:
-        task_type, task_id, n = _task(strategy)
+        task_type, task_id, n = worker_task(strategy)
         if n <= 1 or task_type is None:
             return True
         has_chief = bool(strategy.cluster_resolver.cluster_spec().as_dict().get("chief"))
@@ -359,7 +360,7 @@ def fit(
     best = Checkpointer(flow)
     state = {"bad_evals": 0, "running": 0.0, "count": 0, "elapsed": 0.0, "finished": False}
     manager = None
-    _, _, workers = _task(strategy)
+    _, _, workers = worker_task(strategy)
     chief = is_chief(strategy)
     if checkpoint_dir is not None:
         state_var = tf.Variable("", dtype=tf.string, trainable=False, name="train_state")

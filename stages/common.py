@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -344,6 +345,31 @@ def atomic_path(path: str | os.PathLike):
         import shutil
 
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _settings_text(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def is_stamped(stamp: Path, settings: dict) -> bool:
+    """Whether the stamp file ``stamp`` records exactly ``settings`` (see :func:`reset_unless_stamped`)."""
+    stamp = Path(stamp)
+    return stamp.exists() and stamp.read_text() == _settings_text(settings)
+
+
+def reset_unless_stamped(directory: Path, stamp: Path, settings: dict, what: str) -> None:
+    """Resumable work (partial downloads, training checkpoints) in ``directory`` is kept only if ``stamp`` says it
+    was written with the same ``settings``; otherwise it is deleted (saying so on stderr). Then ``stamp`` records
+    ``settings`` (written atomically), so a later run can resume."""
+    directory, stamp = Path(directory), Path(stamp)
+    if directory.exists() and not is_stamped(stamp, settings):
+        print(f"discarding {directory}: {what} with other settings", file=sys.stderr)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not is_stamped(stamp, settings):
+        tmp = stamp.with_name(stamp.name + ".tmp")
+        tmp.write_text(_settings_text(settings))
+        os.replace(tmp, stamp)
 
 
 def write_json(path, obj):

@@ -11,7 +11,6 @@ SIGKILL) and run again (``dvc repro``) resumes its ``.part`` files there with HT
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import ParamsError, StageError, load_params, raw_dir, run_main  # noqa: E402
+from stages.common import ParamsError, StageError, load_params, raw_dir, reset_unless_stamped, run_main  # noqa: E402
 
 
 @contextmanager
@@ -41,11 +40,7 @@ def resumable_dir(out: Path, settings: dict):
         except OSError:
             raise StageError(f"{work} is in use by another download of {out.name}; wait for it to finish") from None
         tmp = work / out.name
-        stamp, text = work / "settings.json", json.dumps(settings, sort_keys=True)
-        if tmp.exists() and (not stamp.exists() or stamp.read_text() != text):
-            print(f"discarding {tmp}: left by a download with other settings", file=sys.stderr)
-            shutil.rmtree(tmp)
-        stamp.write_text(text)
+        reset_unless_stamped(tmp, work / "settings.json", settings, "left by a download")
         try:
             yield tmp
         except Exception:

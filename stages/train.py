@@ -18,7 +18,6 @@ import argparse
 import csv
 import hashlib
 import io
-import json
 import os
 import platform
 import shutil
@@ -33,9 +32,11 @@ from stages.common import (  # noqa: E402
     atomic_path,
     cell_name,
     cell_settings,
+    is_stamped,
     load_checked_splits,
     load_params,
     processed_dir,
+    reset_unless_stamped,
     run_main,
     write_json,
 )
@@ -76,13 +77,13 @@ def load_data(dataset):
 def device_name(strategy=None) -> str:
     import tensorflow as tf
 
-    from flows.training import _task
+    from flows.training import worker_task
 
     gpus = tf.config.list_logical_devices("GPU")
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         local = f"{len(gpus)} GPUs" if gpus else f"CPU ({platform.processor() or platform.machine()})"
         return (f"{strategy.num_replicas_in_sync} replicas (MultiWorkerMirroredStrategy, "
-                f"{_task(strategy)[2]} workers; chief: {local})")
+                f"{worker_task(strategy)[2]} workers; chief: {local})")
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         return f"{strategy.num_replicas_in_sync} GPUs ({type(strategy).__name__}: {', '.join(g.name for g in gpus)})"
     return gpus[0].name if gpus else f"CPU ({platform.processor() or platform.machine()})"
@@ -93,16 +94,7 @@ def prepare_checkpoints(path: Path, fingerprint: dict) -> str | None:
     training will resume from (None: a fresh start)."""
     import tensorflow as tf
 
-    stamp = path / "fingerprint.json"
-    text = json.dumps(fingerprint, sort_keys=True, default=str)
-    if path.exists() and (not stamp.exists() or stamp.read_text() != text):
-        print(f"discarding {path}: written with other settings", file=sys.stderr)
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if not stamp.exists():
-        tmp = stamp.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stamp)
+    reset_unless_stamped(path, path / "fingerprint.json", fingerprint, "checkpoints written")
     return tf.train.latest_checkpoint(str(path))
 
 
@@ -116,9 +108,7 @@ def worker_resume_dir(path: Path, fingerprint: dict) -> str:
     of the same settings (a shared file system), otherwise a new empty temporary directory (a fresh start)."""
     import tempfile
 
-    stamp = path / "fingerprint.json"
-    text = json.dumps(fingerprint, sort_keys=True, default=str)
-    if stamp.exists() and stamp.read_text() == text:
+    if is_stamped(path / "fingerprint.json", fingerprint):
         return str(path)
     return tempfile.mkdtemp(prefix="flows-worker-resume-")
 
