@@ -33,6 +33,7 @@ __all__ = [
     "is_chief",
     "worker_task",
     "batch_indices",
+    "auto_steps_per_call",
 ]
 
 #: maps a raw batch to (model-space batch, log|det d model / d raw| per example) -- e.g. dequantise + logit
@@ -62,7 +63,8 @@ class TrainConfig:
     max_val: int = 20000  # validation rows used at each interval (the first ones), to bound its cost
     checkpoint_every: int = 0  # steps between checkpoints when fit has a checkpoint_dir; 0 = at each evaluation
     keep_checkpoints: int = 2  # checkpoints kept on disk (tf.train.CheckpointManager's max_to_keep)
-    jit_compile: bool = False  # XLA-compile the loss-and-gradient function (tf.function(jit_compile=True))
+    jit_compile: bool = False  # XLA-compile the training call (see fit), tf.function(jit_compile=True)
+    steps_per_call: int = 0  # training steps run by one compiled call (a loop in the graph); 0 = automatic
     mixed_precision: bool = False  # dynamic loss scaling for float16 compute; see fit's docstring
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (process-wide) before training
     seed: int = 0
@@ -250,6 +252,12 @@ def _epoch_order(n, seed, epoch):
     return _ORDER_CACHE[key]
 
 
+def auto_steps_per_call(batch_bytes: int, limit: int = 32, budget: int = 16 << 20) -> int:
+    """Training steps per compiled call when ``TrainConfig.steps_per_call`` is 0: as many as ``limit``, but the
+    call's batches (``batch_bytes`` each, copied in at once) stay within ``budget`` bytes."""
+    return int(max(1, min(limit, budget // max(int(batch_bytes), 1))))
+
+
 def _all_finite(variables) -> bool:
     return all(bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v)))) for v in variables
                if v.dtype.is_floating)
@@ -291,12 +299,19 @@ def fit(
       not underflow. Which ops run in float16 is decided when the flow is built (Keras' global policy
       ``mixed_float16``, set by the caller); log-densities, log-determinants, the loss and all variables stay
       float32.
-    * ``config.jit_compile``: the loss-and-gradient function is XLA-compiled; the optimizer update is not.
+    * ``config.steps_per_call``: one compiled call runs up to this many steps in a loop inside the graph (one
+      Python round trip per call instead of per step; calls end at every evaluation and checkpoint, so results,
+      progress lines and resumes are the same as with 1). 0 picks :func:`auto_steps_per_call` (up to 32 steps,
+      at most about 16 MB of batches). With several replicas it is 1.
+    * ``config.jit_compile``: XLA compiles the whole call with one replica (loss, gradients, clipping, the Adam
+      update and the loop), and the loss-and-gradient function with several replicas.
     """
     import tf_keras as keras  # Keras 2, the one TFP 0.25 is built on
 
     if config.steps <= 0 or config.batch_size <= 0:
         raise ValueError(f"steps and batch_size must be positive, got {config.steps} and {config.batch_size}")
+    if config.steps_per_call < 0:
+        raise ValueError(f"steps_per_call must be >= 0 (0 = automatic), got {config.steps_per_call}")
     if config.checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (0 = at each evaluation), got {config.checkpoint_every}")
     if config.deterministic:
@@ -347,6 +362,42 @@ def fit(
     def train_step(batch, seed):
         losses = strategy.run(replica_step, args=(batch, seed))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    sample = np.asarray(train[:1])
+    per_call = 1 if replicas > 1 else (config.steps_per_call or auto_steps_per_call(batch_size * sample.nbytes))
+    per_call = max(1, min(per_call, config.steps))
+
+    def train_loop(batches, count, seed, first_step):
+        # `count` (<= per_call) steps on batches[0..count-1]; the batches tensor always has per_call rows, so the
+        # function (and XLA's compilation) sees one shape; returns the per_call losses, zeros after `count`
+        def body(i, losses):
+            step_seed = tf.stack([seed, first_step + tf.cast(i, tf.int64)])
+            loss, grads = loss_and_grads(batches[i], step_seed)
+            optimizer.apply_gradients(zip(grads, variables))
+            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [loss])
+
+        losses = tf.zeros([per_call], flow.dtype)
+        return tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), losses))[1]
+
+    train_loop = tf.function(train_loop, jit_compile=config.jit_compile or None)
+
+    def run_steps(first, last):
+        """Train steps first..last (1-based, inclusive); returns their losses as Python floats."""
+        rows = [np.asarray(train[batch_indices(n, batch_size, config.seed, s)]) for s in range(first, last + 1)]
+        if replicas > 1:
+            return [float(train_step(distribute(rows[0]), tf.constant([config.seed, first], tf.int64)))]
+        batches = np.zeros((per_call,) + rows[0].shape, rows[0].dtype)
+        batches[: len(rows)] = rows
+        losses = train_loop(tf.convert_to_tensor(batches), tf.constant(len(rows), tf.int32),
+                            tf.constant(config.seed, tf.int64), tf.constant(first, tf.int64))
+        return [float(v) for v in losses.numpy()[: len(rows)]]
+
+    def call_end(first):
+        """The last step of the call starting at ``first``: it ends at an evaluation, a checkpoint or the end."""
+        last = min(first + per_call - 1, config.steps, -(-first // config.eval_every) * config.eval_every)
+        if config.checkpoint_every:
+            last = min(last, -(-first // config.checkpoint_every) * config.checkpoint_every)
+        return last
 
     def distribute(rows):
         if replicas == 1:
@@ -405,19 +456,19 @@ def fit(
     def elapsed():
         return base_elapsed + time.perf_counter() - start
 
-    first_step = history.resumed_from + 1
     step = history.resumed_from
     last_log, last_step = elapsed(), step
     finished = state["finished"]
-    for step in range(first_step, config.steps + 1 if not finished else first_step):
-        idx = batch_indices(n, batch_size, config.seed, step)
-        loss = float(train_step(distribute(np.asarray(train[idx])), tf.constant([config.seed, step], tf.int64)))
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss} at step {step}; {_last_good(manager, history)}; try a lower learning_rate"
-            )
-        state["running"] += loss
-        state["count"] += 1
+    while not finished and step < config.steps:
+        first, last = step + 1, call_end(step + 1)
+        for step, loss in enumerate(run_steps(first, last), start=first):
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss is {loss} at step {step}; {_last_good(manager, history)}; try a lower "
+                    "learning_rate"
+                )
+            state["running"] += loss
+            state["count"] += 1
         evaluated = step % config.eval_every == 0 or step == config.steps
         if evaluated:
             val_loss = -float(np.mean(mean_log_prob(flow, val, config.eval_batch_size, transform, config.seed + 1)))

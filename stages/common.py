@@ -34,6 +34,7 @@ TRAIN_KEYS: dict[str, tuple[type, float | None]] = {
     "checkpoint_every": (int, 0),
     "keep_checkpoints": (int, 1),
     "jit_compile": (bool, None),
+    "steps_per_call": (int, 0),
     "mixed_precision": (bool, None),
     "deterministic": (bool, None),
 }

@@ -25,14 +25,15 @@ import numpy as np
 import flows
 from flows.training import TrainConfig, evaluate, fit, set_seed
 
-ckpt, flow_name, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ckpt, flow_name, slow, jit = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "xla"
 rng = np.random.default_rng(0)
 x = (rng.normal(size=(3000, 2)) * [2.0, 0.5] + [1.0, -1.0]).astype(np.float32)
 set_seed(5)
 hparams = {"ffjord": {"hidden_units": [16, 16], "trace": "hutchinson", "num_steps": 4}}.get(
     flow_name, {"num_layers": 2, "hidden_units": [16, 16]})
 flow = flows.build_flow(flow_name, [2], **hparams)
-config = TrainConfig(steps=120, batch_size=64, eval_every=20, checkpoint_every=10, learning_rate=3e-3, seed=5)
+config = TrainConfig(steps=120, batch_size=64, eval_every=20, checkpoint_every=10, learning_rate=3e-3, seed=5,
+                     jit_compile=jit)
 h = fit(flow, x[:2000], x[2000:2500], config, checkpoint_dir=None if ckpt == "-" else ckpt,
         log=lambda line: (print(line, flush=True), time.sleep(slow)))
 r = evaluate(flow, x[2500:])
@@ -54,11 +55,12 @@ def result(proc):
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.parametrize("flow_name", ["maf", "ffjord"])  # ffjord: stochastic (Hutchinson) training loss
-def test_kill_9_and_resume_gives_the_same_test_number(tmp_path, flow_name):
+# ffjord: stochastic (Hutchinson) training loss; xla: the whole multi-step call compiled by XLA
+@pytest.mark.parametrize("flow_name,jit", [("maf", "plain"), ("ffjord", "plain"), ("realnvp", "xla")])
+def test_kill_9_and_resume_gives_the_same_test_number(tmp_path, flow_name, jit):
     ckpt = tmp_path / "ckpt"
-    reference = run(["-", flow_name, "0"])  # uninterrupted, no checkpoints
-    victim = run([str(ckpt), flow_name, "0.15"])  # slowed down at each evaluation so the kill lands mid-way
+    reference = run(["-", flow_name, "0", jit])  # uninterrupted, no checkpoints
+    victim = run([str(ckpt), flow_name, "0.15", jit])  # slowed down at each evaluation so the kill lands mid-way
     deadline = time.time() + 90
     while not (ckpt / "checkpoint").exists():
         assert victim.poll() is None, victim.communicate()[1][-2000:]
@@ -70,7 +72,7 @@ def test_kill_9_and_resume_gives_the_same_test_number(tmp_path, flow_name):
     assert victim.returncode == -signal.SIGKILL
     index = (ckpt / "checkpoint").read_text()
     assert "ckpt-" in index
-    resumed = result(run([str(ckpt), flow_name, "0"]))
+    resumed = result(run([str(ckpt), flow_name, "0", jit]))
     ref = result(reference)
     assert 0 < resumed["resumed_from"] < 120, resumed  # it really resumed mid-way
     assert ref["resumed_from"] == 0 and ref["steps_done"] == resumed["steps_done"] == 120

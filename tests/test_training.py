@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import flows
 from flows.experiment import bits_per_dim, logit_transform, model_for_data
-from flows.training import TrainConfig, evaluate, fit, mean_log_prob, set_seed
+from flows.training import TrainConfig, auto_steps_per_call, evaluate, fit, mean_log_prob, set_seed
 
 
 def gaussian_data(n=3000, seed=0):
@@ -121,6 +121,27 @@ def test_jit_compile_and_mixed_precision_options_train_the_same_model():
     np.testing.assert_allclose(losses["xla"], losses["plain"], rtol=1e-4)
     np.testing.assert_allclose(losses["loss_scaled"], losses["plain"], rtol=1e-5)
     assert losses["plain"][-1] < losses["plain"][0]
+
+
+def test_steps_per_call_changes_nothing_but_speed():
+    """Several steps per compiled call (a loop in the graph) train bitwise the same model as one step per call;
+    calls end at every evaluation and checkpoint, whatever steps_per_call is."""
+    x = gaussian_data(1500)
+    runs = {}
+    for per_call in (1, 0, 7):
+        set_seed(2)
+        flow = flows.build_flow("maf", [2], num_layers=2, hidden_units=[8, 8])
+        h = fit(flow, x[:1000], x[1000:], TrainConfig(steps=50, eval_every=15, batch_size=64, seed=2,
+                                                      steps_per_call=per_call), log=lambda s: None)
+        runs[per_call] = (h.step, h.train_loss, h.val_loss, [v.numpy() for v in flow.trainable_variables])
+    for per_call in (0, 7):
+        assert runs[per_call][:3] == runs[1][:3]
+        assert runs[per_call][0] == [15, 30, 45, 50]
+        assert all(np.array_equal(a, b) for a, b in zip(runs[per_call][3], runs[1][3]))
+    assert auto_steps_per_call(64 * 8) == 32 and auto_steps_per_call(8 << 20) == 2
+    assert auto_steps_per_call(1 << 30) == 1
+    with pytest.raises(ValueError, match="steps_per_call"):
+        fit(flows.build_flow("maf", [2]), x[:100], x[100:200], TrainConfig(steps=5, steps_per_call=-1))
 
 
 MIRRORED = r"""
