@@ -212,6 +212,28 @@ def test_maf_stays_autoregressive_after_adam_steps():
     assert np.abs(np.tril(jac, k=-1)).max() > 1e-4
 
 
+@pytest.mark.parametrize("name", ["maf", "iaf"])
+def test_autoregressive_init_options(name):
+    """init="identity": every layer starts as the identity (the untrained flow is N(0, I)); init="fan_in" (the
+    default): every MADE layer, the output one included, uniform in +-1/sqrt(fan_in); anything else is refused."""
+    x = tf.constant(np.random.default_rng(3).normal(size=(16, 3)))
+    tf.random.set_seed(0)
+    ident = flows.build_flow(name, [3], "float64", num_layers=2, hidden_units=[8], init="identity")
+    np.testing.assert_allclose(ident.log_prob(x).numpy(), ident.base_log_prob(x).numpy(), atol=1e-12)
+    fan_in = flows.build_flow(name, [3], "float64", num_layers=2, hidden_units=[8])
+    assert np.abs(fan_in.log_prob(x).numpy() - fan_in.base_log_prob(x).numpy()).max() > 1e-3
+    dense = [d for layer in fan_in.layers if hasattr(layer, "made")
+             for d in layer.made._network.layers if isinstance(d, keras.layers.Dense)]
+    assert len(dense) == 4
+    for d in dense:
+        bound = 1 / np.sqrt(d.kernel.shape[0])
+        for v in (d.kernel.numpy(), d.bias.numpy()):
+            assert np.abs(v).max() <= bound and np.abs(v).max() > 0.3 * bound
+    assert flows.FLOWS[name].defaults["init"] == "fan_in"
+    with pytest.raises(ValueError, match=r"init = 'xavier' is not accepted; accepted: fan_in, identity"):
+        flows.build_flow(name, [3], init="xavier")
+
+
 def test_iaf_density_is_slow_direction_but_exact():
     flow = make("iaf", 3, scale=0.2)
     z = tf.constant(np.random.default_rng(2).normal(size=(5, 3)))
