@@ -179,10 +179,8 @@ def _autoregressive_layers(name, event_shape, dtype, num_layers, hidden_units, b
         # fan_in: PyTorch-style initialisation, output layer included (a layer does not start as the identity);
         # identity: Glorot kernels, zero biases and a zero output layer. Measured (benchmarks/maf_init.py): fan_in
         # is better on POWER and moons, identity on the 8x8 digits
-        if init == "fan_in":
-            made = made_network(d, 2, units, dtype, activation, zero_last=False, init="fan_in")
-        else:
-            made = made_network(d, 2, units, dtype, activation, zero_last=True, init="glorot")
+        made = made_network(d, 2, units, dtype, activation, zero_last=init == "identity",
+                            init="fan_in" if init == "fan_in" else "glorot")
         layers.append(MaskedAutoregressive(made, AffineBijectorFn(made), invert=invert, name=f"{name}_{i}"))
     return Flow(layers, event_shape, dtype, name=name)
 

@@ -363,9 +363,12 @@ def fit(
         losses = strategy.run(replica_step, args=(batch, seed))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
-    sample = np.asarray(train[:1])
-    per_call = 1 if replicas > 1 else (config.steps_per_call or auto_steps_per_call(batch_size * sample.nbytes))
+    row_shape, row_dtype = tuple(train.shape[1:]), np.dtype(train.dtype)
+    row_bytes = row_dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+    per_call = 1 if replicas > 1 else (config.steps_per_call or auto_steps_per_call(batch_size * row_bytes))
     per_call = max(1, min(per_call, config.steps))
+    # one call's batches, gathered in place; rows past a short call's count are stale and never read
+    batches = np.zeros((per_call, batch_size) + row_shape, row_dtype) if replicas == 1 else None
 
     def train_loop(batches, count, seed, first_step):
         # `count` (<= per_call) steps on batches[0..count-1]; the batches tensor always has per_call rows, so the
@@ -383,14 +386,15 @@ def fit(
 
     def run_steps(first, last):
         """Train steps first..last (1-based, inclusive); returns their losses as Python floats."""
-        rows = [np.asarray(train[batch_indices(n, batch_size, config.seed, s)]) for s in range(first, last + 1)]
         if replicas > 1:
-            return [float(train_step(distribute(rows[0]), tf.constant([config.seed, first], tf.int64)))]
-        batches = np.zeros((per_call,) + rows[0].shape, rows[0].dtype)
-        batches[: len(rows)] = rows
-        losses = train_loop(tf.convert_to_tensor(batches), tf.constant(len(rows), tf.int32),
+            rows = np.asarray(train[batch_indices(n, batch_size, config.seed, first)])
+            return [float(train_step(distribute(rows), tf.constant([config.seed, first], tf.int64)))]
+        count = last - first + 1
+        for j in range(count):
+            batches[j] = train[batch_indices(n, batch_size, config.seed, first + j)]
+        losses = train_loop(tf.convert_to_tensor(batches), tf.constant(count, tf.int32),
                             tf.constant(config.seed, tf.int64), tf.constant(first, tf.int64))
-        return [float(v) for v in losses.numpy()[: len(rows)]]
+        return [float(v) for v in losses.numpy()[:count]]
 
     def call_end(first):
         """The last step of the call starting at ``first``: it ends at an evaluation, a checkpoint or the end."""
