@@ -31,19 +31,20 @@ DIMS = {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63, "mo
 
 
 def load_cells(path, only=None):
-    import yaml
+    import dataclasses
 
-    params = yaml.safe_load(open(path))
+    sys.path.insert(0, ROOT)
+    from stages.common import cell_settings, load_params
+
+    params = load_params(path)  # validated; each cell resolved by the library, as the train stage does
     cells = []
     for ds in params["grid"]["datasets"]:
         for fl in params["grid"]["flows"]:
             name = f"{fl}-{ds}"
             if only and name not in only:
                 continue
-            d = params["datasets"][ds]
-            over = d.get("overrides", {}).get(fl, {})
-            hp = {**params["flows"][fl], **over.get("hparams", {})}
-            train = {**d["train"], **over.get("train", {})}
+            hp, config = cell_settings(params, fl, ds)
+            train = dataclasses.asdict(config)
             cells.append({"cell": name, "flow": fl, "dataset": ds, "dim": DIMS[ds], "hparams": hp, "train": train})
     return cells
 

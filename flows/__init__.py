@@ -17,6 +17,8 @@ _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .base import Flow, FlowLayer, NotInvertibleError  # noqa: E402
+from .options import OptionsError  # noqa: E402
+from .io import load, save  # noqa: E402
 from .registry import FLOWS, FlowSpec, build_flow, check_hparams, register  # noqa: E402
 
 # Each module registers its flows on import.
@@ -25,6 +27,7 @@ from . import (  # noqa: E402,F401
     continuous,
     coupling,
     glow,
+    image,
     made,
     neural,
     planar,
@@ -40,5 +43,8 @@ __all__ = [
     "FlowSpec",
     "build_flow",
     "check_hparams",
+    "OptionsError",
+    "save",
+    "load",
     "register",
 ]

@@ -1,109 +1,32 @@
-"""Autoregressive flows: MAF and IAF with TFP's MaskedAutoregressiveFlow and its MADE network."""
+"""Autoregressive flows: MAF and IAF with TFP's MaskedAutoregressiveFlow and a MADE (:class:`flows.nn.MaskedMLP`)."""
 
 from __future__ import annotations
 
-import math
-
 import tensorflow as tf
 import tensorflow_probability as tfp
-import tf_keras as keras
 
 from .base import Flow, FlowLayer, as_dtype
-from .layers import BatchNorm, Reverse, check_hidden_units, check_positive_int, soft_clamp
+from .nn import ACTIVATIONS, BatchNorm, MaskedMLP, Reverse, check_hidden_units, check_positive_int, soft_clamp
+from .options import Option
 from .registry import register
 
 tfb = tfp.bijectors
 
-__all__ = [
-    "MaskedAutoregressiveNetwork", "AffineBijectorFn", "MaskedAutoregressive", "made_network", "check_activation",
-    "build_maf", "build_iaf",
-]
+__all__ = ["AffineBijectorFn", "MaskedAutoregressive", "build_maf", "build_iaf"]
 
 #: bound of the log-scale of one autoregressive layer: log_scale = 3 tanh(raw / 3)
 LOG_SCALE_BOUND = 3.0
 
 
-def check_activation(activation: str, where: str) -> str:
-    """Validate a Keras activation name; the error names ``where`` and the bad value."""
-    try:
-        keras.activations.get(activation)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"{where}: activation = {activation!r} is not a Keras activation; accepted e.g. relu, tanh, elu, gelu"
-        ) from exc
-    return activation
-
-
-class MaskedAutoregressiveNetwork(tfb.AutoregressiveNetwork):
-    """TFP's MADE (``tfb.AutoregressiveNetwork``) with its masks applied at every call.
-
-    "MADE: Masked Autoencoder for Distribution Estimation", M. Germain, K. Gregor, I. Murray, H. Larochelle,
-    2015, https://arxiv.org/abs/1502.03509
-
-    TFP masks the kernels only through a Keras ``kernel_constraint``, which an optimizer applies after its
-    update; a custom update, a perturbation or a hand-edited checkpoint would silently break the autoregressive
-    property (and so MAF's triangular log-determinant).  Here each hidden layer computes
-    ``h = act((M * W) h_prev + b)``, so the structure holds whatever values the variables take, and masked
-    weights get zero gradient.  Same variables (and checkpoints) as the TFP network; no conditional input.
-    """
-
-    def call(self, x, conditional_input=None):
-        if conditional_input is not None:
-            raise ValueError("MaskedAutoregressiveNetwork takes no conditional_input")
-        x = tf.convert_to_tensor(x, dtype=self.dtype, name="x")
-        dense = [layer for layer in self._network.layers if isinstance(layer, keras.layers.Dense)]
-        activation = keras.activations.get(self._activation)
-        h = x
-        for k, (layer, mask) in enumerate(zip(dense, self._masks)):
-            h = tf.matmul(h, layer.kernel * tf.constant(mask, layer.kernel.dtype))
-            if layer.use_bias:
-                h = h + layer.bias
-            if k + 1 < len(dense):
-                h = activation(h)
-        return tf.reshape(h, tf.concat([tf.shape(x), [self._params]], axis=0))
-
-
-def made_network(event_size: int, params: int, hidden_units, dtype, activation: str = "relu",
-                 input_order: str = "left-to-right", zero_last: bool = True,
-                 init: str = "glorot") -> tfb.AutoregressiveNetwork:
-    """A MADE (:class:`MaskedAutoregressiveNetwork`), built at once so its variables exist.
-
-    Output shape ``[batch, d, params]``; output ``i`` depends only on inputs before ``i`` in ``input_order``.
-
-    ``init``: ``"glorot"`` (Keras' default: Glorot-uniform kernels, zero biases) or ``"fan_in"`` (kernels and
-    biases uniform in +-1/sqrt(fan_in), fan_in the layer's full input width: PyTorch's ``nn.Linear`` default,
-    which zuko's MAF uses). With ``zero_last`` the output layer then starts at zero, so a spline layer starts as
-    the identity and an untrained flow is the standard normal (the MADE MoG needs ``False``: identical
-    components never separate).
-    """
-    dtype = as_dtype(dtype)
-    if init not in ("glorot", "fan_in"):
-        raise ValueError(f"made_network: init = {init!r} is not accepted; accepted: glorot, fan_in")
-    net = MaskedAutoregressiveNetwork(params=int(params), event_shape=[int(event_size)],
-                                      hidden_units=list(hidden_units), activation=activation,
-                                      input_order=input_order, dtype=dtype.name)
-    net(tf.zeros([1, int(event_size)], dtype))
-    dense = [layer for layer in net._network.layers if isinstance(layer, keras.layers.Dense)]
-    if init == "fan_in":
-        for layer in dense:
-            bound = 1.0 / math.sqrt(int(layer.kernel.shape[0]))
-            for v in (layer.kernel, layer.bias):
-                v.assign(tf.random.uniform(v.shape, -bound, bound, dtype=v.dtype))
-    if zero_last:
-        for v in dense[-1].trainable_variables:
-            v.assign(tf.zeros_like(v))
-    return net
-
-
 class AffineBijectorFn(tf.Module):
     """MADE output -> elementwise affine bijector ``u -> u * exp(log_scale) + shift``, log-scale in (-3, 3)."""
 
-    def __init__(self, made: tfb.AutoregressiveNetwork, name=None):
+    def __init__(self, made: MaskedMLP, name=None):
         super().__init__(name=name)
         self.made = made
 
-    def __call__(self, y, **condition_kwargs):
-        shift, raw = tf.unstack(self.made(y), axis=-1)
+    def __call__(self, y, training: bool = False, **condition_kwargs):
+        shift, raw = tf.unstack(self.made(y, training=training), axis=-1)
         return tfb.Chain([tfb.Shift(shift), tfb.Scale(log_scale=soft_clamp(raw, LOG_SCALE_BOUND))])
 
 
@@ -124,7 +47,8 @@ class MaskedAutoregressive(FlowLayer):
         made: the MADE network (kept for variable tracking).
         bijector_fn: ``y -> tfb.Bijector`` acting elementwise, as in ``tfb.MaskedAutoregressiveFlow``.
         invert: IAF instead of MAF.
-        one_pass: optional ``y -> (u, log|det du/dy|)``, a faster implementation of the one-pass direction.
+        one_pass: optional ``(y, training) -> (u, log|det du/dy|)``, a faster implementation of the one-pass
+            direction.
     """
 
     def __init__(self, made, bijector_fn, invert: bool = False, one_pass=None, name=None):
@@ -135,10 +59,10 @@ class MaskedAutoregressive(FlowLayer):
         self.one_pass = one_pass
         self.maf = tfb.MaskedAutoregressiveFlow(bijector_fn=bijector_fn)
 
-    def _one_pass(self, y):
+    def _one_pass(self, y, training=False):  # training: the MADE's dropout, if it has any
         if self.one_pass is not None:  # a faster implementation of the same map (splines)
-            return self.one_pass(y)
-        f = self.bijector_fn(y)
+            return self.one_pass(y, training=training)
+        f = self.bijector_fn(y, training=training)
         return f.inverse(y), f.inverse_log_det_jacobian(y, event_ndims=1)
 
     def _sequential(self, u):
@@ -147,7 +71,7 @@ class MaskedAutoregressive(FlowLayer):
         return y, self.bijector_fn(y).forward_log_det_jacobian(u, event_ndims=1)
 
     def inverse(self, x, training: bool = False):
-        return self._sequential(x) if self.invert else self._one_pass(x)
+        return self._sequential(x) if self.invert else self._one_pass(x, training)
 
     def forward(self, z):
         return self._one_pass(z) if self.invert else self._sequential(z)
@@ -167,7 +91,6 @@ def _autoregressive_layers(name, event_shape, dtype, num_layers, hidden_units, b
     dtype = as_dtype(dtype)
     num_layers = check_positive_int(num_layers, "num_layers", name)
     units = check_hidden_units(hidden_units, name)
-    check_activation(activation, name)
     if init not in INITS:
         raise ValueError(f"{name}: init = {init!r} is not accepted; accepted: {', '.join(INITS)}")
     layers = []
@@ -179,15 +102,16 @@ def _autoregressive_layers(name, event_shape, dtype, num_layers, hidden_units, b
         # fan_in: PyTorch-style initialisation, output layer included (a layer does not start as the identity);
         # identity: Glorot kernels, zero biases and a zero output layer. Measured (benchmarks/maf_init.py): fan_in
         # is better on POWER and moons, identity on the 8x8 digits
-        made = made_network(d, 2, units, dtype, activation, zero_last=init == "identity",
-                            init="fan_in" if init == "fan_in" else "glorot")
+        made = MaskedMLP(d, 2, units, dtype, activation=activation, zero_last=init == "identity",
+                         init="fan_in" if init == "fan_in" else "glorot")
         layers.append(MaskedAutoregressive(made, AffineBijectorFn(made), invert=invert, name=f"{name}_{i}"))
     return Flow(layers, event_shape, dtype, name=name)
 
 
 #: defaults shared by ``maf`` and ``iaf`` (laptop scale; the papers' values live in params-paper.yaml)
-AUTOREGRESSIVE_DEFAULTS = {"num_layers": 5, "hidden_units": [64, 64], "batch_norm": False, "activation": "relu",
-                           "init": "fan_in"}
+AUTOREGRESSIVE_DEFAULTS = {"num_layers": 5, "hidden_units": [64, 64], "batch_norm": False,
+                           "activation": Option("relu", choices=tuple(sorted(ACTIVATIONS)), doc="hidden activation"),
+                           "init": Option("fan_in", choices=("fan_in", "identity"), doc="MADE initialisation")}
 
 
 @register(
@@ -196,11 +120,10 @@ AUTOREGRESSIVE_DEFAULTS = {"num_layers": 5, "hidden_units": [64, 64], "batch_nor
     paper="Papamakarios, Pavlakou, Murray 2017, Masked Autoregressive Flow for Density Estimation, "
           "https://arxiv.org/abs/1705.07057",
 )
-def build_maf(event_shape, dtype, num_layers=5, hidden_units=(64, 64), batch_norm=False, activation="relu",
-              init="fan_in") -> Flow:
+def build_maf(event_shape, dtype, *, num_layers, hidden_units, batch_norm, activation, init) -> Flow:
     """Masked Autoregressive Flow (Papamakarios et al. 2017, arXiv:1705.07057).
 
-    Each layer is an affine autoregressive map conditioned by a MADE (TFP ``AutoregressiveNetwork``):
+    Each layer is an affine autoregressive map conditioned by a MADE (:class:`flows.nn.MaskedMLP`):
 
         z_i = (x_i - mu_i(x_<i)) * exp(-alpha_i(x_<i)),    log|det dz/dx| = -sum_i alpha_i,
         x_i = z_i * exp(alpha_i(x_<i)) + mu_i(x_<i)        (sampling: feature after feature),
@@ -234,8 +157,7 @@ def build_maf(event_shape, dtype, num_layers=5, hidden_units=(64, 64), batch_nor
     paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever, Welling 2016, Improved Variational Inference with "
           "Inverse Autoregressive Flow, https://arxiv.org/abs/1606.04934",
 )
-def build_iaf(event_shape, dtype, num_layers=5, hidden_units=(64, 64), batch_norm=False, activation="relu",
-              init="fan_in") -> Flow:
+def build_iaf(event_shape, dtype, *, num_layers, hidden_units, batch_norm, activation, init) -> Flow:
     """Inverse Autoregressive Flow (Kingma et al. 2016, arXiv:1606.04934): MAF's layers inverted.
 
     Noise -> data is the one-pass direction, conditioned on the noise:

@@ -40,11 +40,13 @@ def as_dtype(dtype) -> tf.DType:
     return dt
 
 
-def check_input(x, dtype: tf.DType, name: str = "x") -> tf.Tensor:
+def check_input(x, dtype: tf.DType, name: str = "x", event_shape=None) -> tf.Tensor:
     """Convert ``x`` to a tensor of ``dtype`` without ever silently changing a floating precision.
 
     Python scalars and lists are converted; a float tensor or array of another precision is an error,
-    so a float64 batch is never quietly truncated to float32 (or the reverse).
+    so a float64 batch is never quietly truncated to float32 (or the reverse).  With ``event_shape`` the
+    (static) shape must be ``[batch, *event_shape]``: anything else is a ``ValueError`` naming both shapes.
+    NaN and Inf values are not checked: they give a non-finite log-density in their rows only.
     """
     src = getattr(x, "dtype", None)
     if src is not None:
@@ -54,7 +56,11 @@ def check_input(x, dtype: tf.DType, name: str = "x") -> tf.Tensor:
                 f"{name} has dtype {src.name} but the flow computes in {dtype.name}; "
                 f"cast it explicitly (e.g. tf.cast({name}, tf.{dtype.name})) or build the flow with dtype='{src.name}'"
             )
-    return tf.convert_to_tensor(x, dtype=dtype)
+    t = tf.convert_to_tensor(x, dtype=dtype)
+    if event_shape is not None and not t.shape.is_compatible_with((None,) + tuple(event_shape)):
+        want = ", ".join(["batch"] + [str(int(d)) for d in event_shape])
+        raise ValueError(f"{name} has shape {t.shape.as_list()}, but the flow takes a batch of events: [{want}]")
+    return t
 
 
 class FlowLayer(tf.Module):
@@ -111,7 +117,7 @@ class Flow(tf.Module):
 
     def inverse(self, x, training: bool = False):
         """Data -> noise through every layer; returns ``(z, total log|det dz/dx|)``."""
-        z = check_input(x, self.dtype)
+        z = check_input(x, self.dtype, event_shape=self.event_shape)
         total = tf.zeros(tf.shape(z)[:1], self.dtype)
         for layer in self.layers:
             z, ldj = layer.inverse(z, training=training)
@@ -119,7 +125,12 @@ class Flow(tf.Module):
         return z, total
 
     def log_prob(self, x, training: bool = False):
-        """Log-density of ``x`` in nats, shape ``[batch]``."""
+        """Log-density of ``x`` in nats, shape ``[batch]``.
+
+        ``x`` must be ``[batch, *event_shape]`` in the flow's dtype (else a one-line ``ValueError`` /
+        ``TypeError``); a row holding NaN or Inf gets a non-finite value (NaN or -inf), the other rows are
+        unaffected.
+        """
         z, ldj = self.inverse(x, training=training)
         return self.base_log_prob(z) + ldj
 
@@ -138,7 +149,7 @@ class Flow(tf.Module):
     def forward(self, z):
         """Noise -> data through every layer; returns ``(x, total log|det dx/dz|)``."""
         self._check_can_sample()
-        x = check_input(z, self.dtype, "z")
+        x = check_input(z, self.dtype, "z", self.event_shape)
         total = tf.zeros(tf.shape(x)[:1], self.dtype)
         for layer in reversed(self.layers):
             x, ldj = layer.forward(x)
@@ -167,7 +178,7 @@ class Flow(tf.Module):
     # ------------------------------------------------------------------ per-layer access
     def inverse_trajectory(self, x, training: bool = False):
         """[x, after layer 0, after layer 1, ..., z]: a batch pushed from data to noise, layer by layer."""
-        out = [check_input(x, self.dtype)]
+        out = [check_input(x, self.dtype, event_shape=self.event_shape)]
         for layer in self.layers:
             out.append(layer.inverse(out[-1], training=training)[0])
         return out
@@ -175,7 +186,7 @@ class Flow(tf.Module):
     def forward_trajectory(self, z):
         """[z, ..., x]: base samples pushed from noise to data, layer by layer (for the animation)."""
         self._check_can_sample()
-        out = [check_input(z, self.dtype, "z")]
+        out = [check_input(z, self.dtype, "z", self.event_shape)]
         for layer in reversed(self.layers):
             out.append(layer.forward(out[-1])[0])
         return out
@@ -186,7 +197,7 @@ class Flow(tf.Module):
 
         Call once before training; it is harmless for flows without data-dependent layers.
         """
-        z = check_input(x, self.dtype)
+        z = check_input(x, self.dtype, event_shape=self.event_shape)
         for layer in self.layers:
             z = layer.initialize(z)
         return self

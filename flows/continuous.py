@@ -14,7 +14,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .base import Flow, FlowLayer, as_dtype
-from .glow import MLP
+from .nn import MLP
+from .options import Option
 from .registry import register
 
 __all__ = ["ODEFlow", "build_ffjord"]
@@ -60,7 +61,8 @@ class ODEFlow(FlowLayer):
         self.dtype, self.d, self.num_steps = as_dtype(dtype), int(num_features), int(num_steps)
         self.train_exact = trace == "exact" or (trace == "auto" and self.d <= 10)
         self.eval_exact = self.train_exact or self.d <= int(exact_eval_max_dim)
-        self.net = MLP(self.d + 1, hidden_units, self.d, self.dtype, activation="tanh", zero_last=False, seed=seed)
+        self.net = MLP(self.d + 1, self.d, hidden_units, self.dtype, activation="tanh", zero_last=False,
+                       backend="numpy", seed=seed)
         self.noise_seed = int(seed)
         if not (self.train_exact and self.eval_exact):
             # Hutchinson's noise is drawn from (seed, number of draws so far): a counter kept in the checkpoint,
@@ -127,14 +129,14 @@ class ODEFlow(FlowLayer):
         return self._integrate(z, 0.0, 1.0, self.eval_exact)
 
 
-FFJORD_DEFAULTS = {"hidden_units": [32, 32], "num_blocks": 1, "trace": "auto", "num_steps": 8,
-                   "exact_eval_max_dim": 64}
+FFJORD_DEFAULTS = {"hidden_units": [32, 32], "num_blocks": 1,
+                   "trace": Option("auto", choices=TRACES, doc="log-det during training"), "num_steps": 8,
+                   "exact_eval_max_dim": Option(64, low=0)}
 
 
-@register("ffjord", FFJORD_DEFAULTS, kinds=("vector",), can_sample=True,
+@register("ffjord", FFJORD_DEFAULTS, can_sample=True,
           paper="Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, FFJORD, arXiv:1810.01367")
-def build_ffjord(event_shape, dtype, hidden_units=(32, 32), num_blocks=1, trace="auto", num_steps=8,
-                 exact_eval_max_dim=64) -> Flow:
+def build_ffjord(event_shape, dtype, *, hidden_units, num_blocks, trace, num_steps, exact_eval_max_dim) -> Flow:
     """FFJORD: ``num_blocks`` ODE blocks (tanh MLP ``hidden_units`` of [z, t]) each solved by RK4 in ``num_steps``
     steps; ``trace`` "exact" | "hutchinson" | "auto" (exact when d <= 10) during training, exact in evaluation
     when d <= ``exact_eval_max_dim``.

@@ -1,17 +1,22 @@
-"""The four unnormalised 2-D energy functions of Rezende & Mohamed (2015), Figure 3, and reverse-KL fitting."""
+"""The four unnormalised 2-D energy functions of Rezende & Mohamed (2015), Figure 3, and reverse-KL fitting
+(the one loop, :func:`reverse_kl`, that :func:`fit_reverse_kl` and :func:`flows.viz.fit_energy` run)."""
 
 from __future__ import annotations
 
 import math
 
+from typing import Callable
+
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
-from .base import as_dtype
+from .base import Flow, as_dtype
+from .nn import Invert
 from .planar import PlanarLayer
 from .radial import RadialLayer
 
-__all__ = ["ENERGIES", "energy", "u1", "u2", "u3", "u4", "VariationalFlow", "fit_reverse_kl"]
+__all__ = ["ENERGIES", "energy", "u1", "u2", "u3", "u4", "VariationalFlow", "reverse_kl", "fit_reverse_kl"]
 
 PAPER = (
     "Variational Inference with Normalizing Flows, D. J. Rezende and S. Mohamed, 2015, "
@@ -81,7 +86,7 @@ def energy(name: str):
     return ENERGIES[key]
 
 
-class VariationalFlow(tf.Module):
+class VariationalFlow(Flow):
     """A planar or radial flow in the noise -> data direction, for fitting ``q(x)`` to an unnormalised target.
 
     Paper: "Variational Inference with Normalizing Flows", D. J. Rezende and S. Mohamed, 2015,
@@ -91,6 +96,9 @@ class VariationalFlow(tf.Module):
         log q(x) = log N(z; 0, I) - sum_k log|det df_k / dz_{k-1}|
 
     so sampling and its log-density are exact, while the density of an arbitrary ``x`` is not available.
+    It is a :class:`~flows.base.Flow` whose layers are the maps inverted (:class:`flows.nn.Invert`), listed data
+    -> noise as every flow's: ``layers[-1]`` is ``Invert(f_1)``, and ``log_prob`` raises
+    :class:`~flows.base.NotInvertibleError`.
 
     Args:
         flow_name: ``"planar"`` or ``"radial"``.
@@ -109,74 +117,73 @@ class VariationalFlow(tf.Module):
 
     def __init__(self, flow_name: str = "planar", num_layers: int = 16, dim: int = 2, dtype="float32",
                  init_scale: float = 0.1, name: str | None = None):
-        super().__init__(name=name or f"variational_{flow_name}")
         if flow_name not in _LAYERS:
             raise ValueError(f"flow_name {flow_name!r} is not supported; accepted: {', '.join(sorted(_LAYERS))}")
         if int(num_layers) < 1:
             raise ValueError(f"num_layers = {num_layers} must be a positive integer")
+        dtype = as_dtype(dtype)
+        maps = [_LAYERS[flow_name](int(dim), dtype, init_scale, name=f"{flow_name}_{k}")
+                for k in range(int(num_layers))]
+        super().__init__([Invert(m) for m in reversed(maps)], (int(dim),), dtype,
+                         name=name or f"variational_{flow_name}")
         self.flow_name = flow_name
         self.dim = int(dim)
-        self.dtype = as_dtype(dtype)
-        self.layers = [_LAYERS[flow_name](self.dim, self.dtype, init_scale, name=f"{flow_name}_{k}")
-                       for k in range(int(num_layers))]
 
     def sample_and_log_prob(self, n: int, seed: int | None = None):
-        """``n`` samples ``x`` of ``q`` and their exact ``log q(x)`` in nats."""
-        shape = (int(n), self.dim)
-        if seed is None:
-            z = tf.random.normal(shape, dtype=self.dtype)
-        else:
-            z = tf.random.stateless_normal(shape, seed=[int(seed), 0], dtype=self.dtype)
-        log_q = tf.constant(-0.5 * self.dim * math.log(2.0 * math.pi), self.dtype) - 0.5 * tf.reduce_sum(
-            tf.square(z), axis=-1
-        )
-        for layer in self.layers:
-            z, log_det = layer.apply(z)
+        """``n`` samples ``x`` of ``q`` and their exact ``log q(x)`` in nats.
+
+        ``log q`` is accumulated map by map, ``log N(z) - ldj_1 - ldj_2 - ...``, the order in which the committed
+        energy fits were computed (``Flow.sample_and_log_prob`` subtracts the summed log-determinant once).
+        """
+        z = self.sample_base(n, seed)
+        log_q = self.base_log_prob(z)
+        for layer in reversed(self.layers):
+            z, log_det = layer.forward(z)
             log_q = log_q - log_det
         return z, log_q
 
-    def sample(self, n: int, seed: int | None = None):
-        return self.sample_and_log_prob(n, seed)[0]
 
+def reverse_kl(flow, target: Callable, steps: int = 500, batch_size: int = 256, learning_rate: float = 1e-2,
+               anneal_steps: int = 0, log_every: int = 0) -> np.ndarray:
+    """Fit ``flow`` (any flow that samples) to ``p(x) ∝ exp(-U(x))``, ``U = target``, by minimising with Adam
 
-def fit_reverse_kl(energy_name: str = "u1", flow_name: str = "planar", num_layers: int = 16, steps: int = 500,
-                   batch_size: int = 256, learning_rate: float = 1e-2, anneal_steps: int = 0, seed: int = 0,
-                   dtype="float32", log_every: int = 0):
-    """Fit ``q`` to ``p(x) ∝ exp(-U(x))`` by minimising ``E_q[log q(x) + U(x)] = KL(q || p) - log Z``.
+        E_q[log q(x) + beta_t U(x)],   beta_t = min(1, 0.01 + t / anneal_steps) if anneal_steps > 0 else 1,
 
-    ``anneal_steps > 0`` uses the paper's annealed objective ``E_q[log q(x) + beta_t U(x)]`` with
-    ``beta_t = min(1, 0.01 + t / anneal_steps)``; the recorded loss is always the un-annealed one (nats).
-    ``seed`` seeds TensorFlow's global generator (initial parameters and the Monte-Carlo batches).
-    Returns ``(flow, losses)`` where ``losses[t]`` is the Monte-Carlo estimate of ``KL(q || p) - log Z``
-    at step ``t`` on that step's batch.
+    the paper's annealed reverse KL (``KL(q || p) - log Z`` at ``beta = 1``), on ``batch_size`` fresh samples a
+    step.  Returns ``losses``: ``losses[t]`` is the un-annealed Monte-Carlo estimate of ``KL(q || p) - log Z``
+    (nats) on step ``t``'s batch.  Samples come from TensorFlow's global generator (seed it first).
     """
-    U = energy(energy_name)
-    tf.random.set_seed(seed)
-    flow = VariationalFlow(flow_name, num_layers, dim=2, dtype=dtype)
-    opt = _adam(learning_rate)
+    opt = keras.optimizers.Adam(learning_rate)
     variables = flow.trainable_variables
 
     @tf.function
-    def step(t, beta):
+    def step(beta):
         with tf.GradientTape() as tape:
-            x, log_q = flow.sample_and_log_prob(batch_size, seed=None)
-            u = U(x)
+            x, log_q = flow.sample_and_log_prob(batch_size)
+            u = target(x)
             loss = tf.reduce_mean(log_q + beta * u)
             plain = tf.reduce_mean(log_q + u)
-        grads = tape.gradient(loss, variables)
-        opt.apply_gradients(zip(grads, variables))
+        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return plain
 
     losses = []
     for t in range(int(steps)):
         beta = 1.0 if anneal_steps <= 0 else min(1.0, 0.01 + t / anneal_steps)
-        losses.append(float(step(tf.constant(t), tf.constant(beta, flow.dtype))))
+        losses.append(float(step(tf.constant(beta, flow.dtype))))
         if log_every and t % log_every == 0:
             print(f"step {t}: KL(q||p) - log Z = {losses[-1]:.4f} nats")
-    return flow, np.asarray(losses)
+    return np.asarray(losses)
 
 
-def _adam(learning_rate: float):
-    import tf_keras as keras
+def fit_reverse_kl(target="u1", flow_name: str = "planar", num_layers: int = 16, steps: int = 500,
+                   batch_size: int = 256, learning_rate: float = 1e-2, anneal_steps: int = 0, seed: int = 0,
+                   dtype="float32", log_every: int = 0):
+    """Fit a :class:`VariationalFlow` ``q`` to ``p(x) ∝ exp(-U(x))`` by :func:`reverse_kl`; returns ``(q, losses)``.
 
-    return keras.optimizers.Adam(learning_rate)
+    ``target``: the name of an energy (:data:`ENERGIES`) or a function ``U`` of ``x [..., 2]``.  ``seed``
+    seeds TensorFlow's global generator (initial parameters and the Monte-Carlo batches).
+    """
+    U = energy(target) if isinstance(target, str) else target
+    tf.random.set_seed(seed)
+    flow = VariationalFlow(flow_name, num_layers, dim=2, dtype=dtype)
+    return flow, reverse_kl(flow, U, steps, batch_size, learning_rate, anneal_steps, log_every)

@@ -2,7 +2,7 @@
 
 * Tabular and toy rows are used as they are (float32).
 * Images are stored as integer pixel levels; each batch is dequantised with fresh uniform noise and put in
-  logit space (benchmarks.md section 5).  The transform returns log|det dy/dx| so that log-likelihoods are
+  logit space (docs/benchmarks.md section 5).  The transform returns log|det dy/dx| so that log-likelihoods are
   those of x = (pixel + u) / levels in [0, 1]^D, from which bits/dim follow.
 * Vector flows see images flattened; image flows (Glow, Real NVP's multi-scale form) see [h, w, c].
 """
@@ -13,9 +13,12 @@ import numpy as np
 import tensorflow as tf
 
 from .datasets.images import bits_per_dim
-from .registry import FLOWS, build_flow
+from .io import load, save
+from .registry import FLOWS, build_flow, check_hparams
+from .options import OptionsError
 
-__all__ = ["model_for_data", "logit_transform", "bits_per_dim"]
+__all__ = ["model_for_data", "model_kind", "cell_settings", "save_for_data", "load_for_data", "logit_transform",
+           "bits_per_dim"]
 
 
 def logit_transform(levels: int, alpha: float, flatten: bool):
@@ -53,11 +56,10 @@ def model_for_data(flow_name: str, hparams: dict, kind: str, event_shape, levels
     dequantise-and-logit map for images.
     """
     event_shape = tuple(int(d) for d in event_shape)
-    spec = FLOWS[flow_name] if flow_name in FLOWS else None
     if kind == "image":
         if levels is None:
             raise ValueError("an image data set needs its number of pixel levels")
-        image_ok = spec is not None and "image" in spec.kinds
+        image_ok = model_kind(flow_name, kind) == "image"
         model_shape = event_shape if image_ok else (int(np.prod(event_shape)),)
         transform = logit_transform(levels, logit_alpha, flatten=not image_ok)
     elif kind in ("toy", "tabular"):
@@ -65,3 +67,75 @@ def model_for_data(flow_name: str, hparams: dict, kind: str, event_shape, levels
     else:
         raise ValueError(f"unknown data kind {kind!r}; accepted: image, tabular, toy")
     return build_flow(flow_name, model_shape, dtype=dtype, **hparams), transform, model_shape
+
+
+def model_kind(flow_name: str, data_kind: str) -> str:
+    """The form of ``flow_name`` that models a data set of ``data_kind``: ``image`` for an image data set when the
+    flow has an image form, else ``vector`` (images flattened)."""
+    spec = FLOWS.get(flow_name)
+    return "image" if data_kind == "image" and spec is not None and "image" in spec.kinds else "vector"
+
+
+def cell_settings(flows_section: dict, dataset_section: dict, flow: str, data_kind: str, seed: int = 0,
+                  where: str = "") -> tuple:
+    """(hyper-parameters, :class:`~flows.training.TrainConfig`) of one flow on one data set, validated: the flow's
+    section of params.yaml (for a flow with several forms, the section of the form this data set uses), with the
+    data set's ``overrides.<flow>`` (``hparams`` and ``train``) on top of it and of the data set's ``train``."""
+    from .training import TrainConfig
+
+    kind = model_kind(flow, data_kind)
+    section = dict(flows_section.get(flow) or {})
+    if FLOWS[flow].nested:
+        section = dict(section.get(kind) or {})
+    over = (dataset_section.get("overrides") or {}).get(flow) or {}
+    hparams = check_hparams(flow, {**section, **(over.get("hparams") or {})}, kind=kind,
+                            where=where or f"flows.{flow}")
+    train = {**(dataset_section.get("train") or {}), **(over.get("train") or {})}
+    return hparams, TrainConfig.from_options(train, "train", seed=seed)
+
+
+def save_for_data(flow, path, dataset: str, transform=None, **metadata):
+    """:func:`flows.save` with what :func:`load_for_data` needs to score raw rows of ``dataset`` again."""
+    data = {"dataset": dataset}
+    if transform is not None:
+        data.update(levels=transform.levels, logit_alpha=transform.alpha, flatten=transform.flatten)
+    return save(flow, path, {"data": data, **metadata})
+
+
+def load_for_data(path):
+    """(flow, transform, metadata) of a flow saved by :func:`save_for_data`; ``transform`` maps raw rows (pixel
+    levels for images) to the flow's space with its log-Jacobian (None for toy and tabular data)."""
+    flow = load(path)
+    data = flow.metadata.get("data", {})
+    transform = None
+    if "levels" in data:
+        transform = logit_transform(int(data["levels"]), float(data["logit_alpha"]), bool(data["flatten"]))
+    return flow, transform, flow.metadata
+
+
+def test_scores(flow, test, spec, transform=None, batch_size: int = 4096, seed: int = 0) -> dict:
+    """The test log-likelihood of ``flow`` on the rows ``test`` of data set ``spec`` (a ``DatasetSpec``), in nats
+    per example with its standard error; images add bits/dim of the discrete data, 2-D toy sets the true
+    log-likelihood and KL(p || q) = E_p[log p - log q] estimated on the test rows.  A non-finite mean raises
+    :class:`~flows.errors.NonFiniteError`."""
+    import math
+
+    from .errors import NonFiniteError
+    from .training import evaluate
+
+    result = evaluate(flow, test, batch_size=batch_size, transform=transform, seed=seed)
+    if not math.isfinite(result["test_ll"]):
+        raise NonFiniteError(f"test log-likelihood is {result['test_ll']} ({result['n_nonfinite']} non-finite rows)")
+    scores = {**result, "units": "nats"}
+    if spec.kind == "image":
+        dims = int(np.prod(spec.event_shape))
+        scores["bits_per_dim"] = bits_per_dim(result["test_ll"], dims, spec.levels)
+        scores["bits_per_dim_se"] = result["test_ll_se"] / (dims * math.log(2.0))
+        scores["units"] = "nats (density of dequantised pixels in [0,1]^D); bits/dim of the discrete data"
+    if spec.kind == "toy":
+        from .datasets import toy
+
+        true_lp = np.asarray(toy.log_density(spec.name, np.asarray(test)), dtype=np.float64)
+        scores["true_ll"] = float(np.mean(true_lp))
+        scores["kl_to_truth"] = scores["true_ll"] - result["test_ll"]
+    return scores

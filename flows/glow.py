@@ -19,47 +19,12 @@ import scipy.linalg
 import tensorflow as tf
 
 from .base import Flow, FlowLayer, as_dtype
+from .image import Active, Reshape, Squeeze, check_image, conv_conditioner
+from .nn import MLP, AffineCoupling
+from .options import Option
 from .registry import register
 
-__all__ = ["ActNorm", "LULinear", "Invertible1x1Conv", "MLP", "AffineCoupling", "build_glow"]
-
-
-def _glorot(shape, fan_in, fan_out, rng, dtype):
-    lim = np.sqrt(6.0 / (fan_in + fan_out))
-    return tf.Variable(rng.uniform(-lim, lim, size=shape), dtype=dtype)
-
-
-class MLP(tf.Module):
-    """A plain multi-layer perceptron with variables in one dtype (no Keras): used by the coupling nets.
-
-    ``zero_last=True`` starts the output layer at zero (Glow's choice: each coupling starts as identity).
-    """
-
-    def __init__(self, in_features, hidden_units, out_features, dtype, activation="relu", zero_last=True,
-                 seed=0, name=None):
-        super().__init__(name=name)
-        rng = np.random.default_rng(seed)
-        sizes = [int(in_features)] + [int(h) for h in hidden_units] + [int(out_features)]
-        self.weights, self.biases = [], []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            last = i == len(sizes) - 2
-            if last and zero_last:
-                self.weights.append(tf.Variable(tf.zeros([a, b], dtype)))
-            else:
-                self.weights.append(_glorot([a, b], a, b, rng, dtype))
-            self.biases.append(tf.Variable(tf.zeros([b], dtype)))
-        acts = {"relu": tf.nn.relu, "tanh": tf.nn.tanh, "softplus": tf.nn.softplus, "elu": tf.nn.elu}
-        if activation not in acts:
-            raise ValueError(f"activation {activation!r} is not supported; accepted: {', '.join(sorted(acts))}")
-        self.activation = acts[activation]
-
-    def __call__(self, x):
-        n = len(self.weights)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = tf.matmul(x, w) + b
-            if i < n - 1:
-                x = self.activation(x)
-        return x
+__all__ = ["ActNorm", "LULinear", "Invertible1x1Conv", "build_glow", "build_glow_image"]
 
 
 class ActNorm(FlowLayer):
@@ -217,80 +182,43 @@ class Invertible1x1Conv(_LU):
         return x, self._ldj(z, -1.0)
 
 
-class AffineCoupling(FlowLayer):
-    """Affine coupling on vectors with Glow's scale ``sigmoid(raw + 2)`` (Glow, sec. 3.3).
+def _mlp_conditioner(hidden_units, dtype, seed):
+    """``(n_in, n_out) -> MLP``: Glow's vector coupling network (numpy-seeded, relu, zero last layer)."""
+    return lambda n_in, n_out: MLP(n_in, n_out, hidden_units, dtype, backend="numpy", seed=seed)
 
-    Data -> noise: ``z_a = x_a``, ``z_b = x_b * sigma(raw(x_a) + 2) + t(x_a)``,
-    ``log|det dz/dx| = sum(log sigma(raw + 2))``; the split point is ``d // 2`` and ``parity`` 1 swaps
-    the halves.  The network's last layer starts at zero, so each coupling starts near the identity.
 
-    Args:
-        num_features: d >= 2; hidden_units: widths of the MLP; parity; dtype; seed.
+GLOW_PAPER = "Kingma & Dhariwal 2018, Glow: Generative Flow with Invertible 1x1 Convolutions, arXiv:1807.03039"
+
+
+@register("glow", {"num_layers": 4, "hidden_units": [64, 64]}, kind="vector", paper=GLOW_PAPER)
+def build_glow(event_shape, dtype, *, num_layers, hidden_units) -> Flow:
+    """Glow, vector form: ``num_layers`` steps of ActNorm -> LULinear -> affine coupling (MLP ``hidden_units``).
+
+    The coupling (:class:`flows.nn.AffineCoupling`, Glow's scale ``sigmoid(raw + 2)``) splits at ``d // 2``,
+    the halves swapping roles from step to step; its MLP (numpy-seeded, zero last layer) starts it at identity.
     """
-
-    def __init__(self, num_features, hidden_units, parity, dtype, seed=0, name=None):
-        super().__init__(name=name)
-        d = int(num_features)
-        if d < 2:
-            raise ValueError(f"an affine coupling needs d >= 2 features; got d = {d}")
-        self.dtype, self.d, self.parity = as_dtype(dtype), d, int(parity) % 2
-        self.k = d // 2
-        n_cond = self.k if self.parity == 0 else d - self.k
-        self.net = MLP(n_cond, hidden_units, 2 * (d - n_cond), self.dtype, seed=seed)
-
-    def _split(self, x):
-        a, b = x[:, : self.k], x[:, self.k:]
-        return (a, b) if self.parity == 0 else (b, a)
-
-    def _join(self, cond, trans):
-        return tf.concat([cond, trans] if self.parity == 0 else [trans, cond], axis=-1)
-
-    def _params(self, cond):
-        raw, shift = tf.split(self.net(cond), 2, axis=-1)
-        return tf.math.log_sigmoid(raw + tf.constant(2.0, self.dtype)), shift
-
-    def inverse(self, x, training: bool = False):
-        cond, trans = self._split(x)
-        log_s, t = self._params(cond)
-        return self._join(cond, trans * tf.exp(log_s) + t), tf.reduce_sum(log_s, axis=-1)
-
-    def forward(self, z):
-        cond, trans = self._split(z)
-        log_s, t = self._params(cond)
-        return self._join(cond, (trans - t) * tf.exp(-log_s)), -tf.reduce_sum(log_s, axis=-1)
+    dtype = as_dtype(dtype)
+    d = int(event_shape[0])
+    layers = []
+    for i in range(int(num_layers)):
+        layers += [ActNorm(d, dtype), LULinear(d, dtype, seed=i),
+                   AffineCoupling(d, i % 2, _mlp_conditioner(hidden_units, dtype, seed=i), dtype, scale="sigmoid")]
+    return Flow(layers, tuple(event_shape), dtype, name="glow")
 
 
-GLOW_DEFAULTS = {"num_layers": 4, "hidden_units": [64, 64], "num_scales": 2, "num_filters": 32,
-                 "num_res_blocks": 0}
-
-
-@register("glow", GLOW_DEFAULTS, kinds=("vector", "image"), can_sample=True,
-          paper="Kingma & Dhariwal 2018, Glow: Generative Flow with Invertible 1x1 Convolutions, arXiv:1807.03039")
-def build_glow(event_shape, dtype, num_layers=4, hidden_units=(64, 64), num_scales=2, num_filters=32,
-               num_res_blocks=0) -> Flow:
-    """Glow.  Vectors: ``num_layers`` steps of ActNorm -> LULinear -> affine coupling (MLP ``hidden_units``).
-
-    Images: ``num_scales`` scales of squeeze -> ``num_layers`` steps of ActNorm -> invertible 1x1 conv ->
+@register("glow", {"num_layers": 4, "num_scales": 2, "num_filters": 32, "num_res_blocks": Option(0, low=0)},
+          kind="image", paper=GLOW_PAPER)
+def build_glow_image(event_shape, dtype, *, num_layers, num_scales, num_filters, num_res_blocks) -> Flow:
+    """Glow, image form: ``num_scales`` scales of squeeze -> ``num_layers`` steps of ActNorm -> invertible 1x1 conv ->
     channel affine coupling (CNN with ``num_filters``, ``num_res_blocks``) -> factor out half (not after the
     last scale); factored-out channels are scored by the standard normal (no learned prior; see
     :mod:`flows.image` for how they stay in the tensor).  Call ``flow.initialize(batch)`` before training
     (ActNorm's data-dependent initialisation).
     """
-    from .image import Active, ChannelCoupling, Reshape, Squeeze, _check_image
-
     dtype = as_dtype(dtype)
     event_shape = tuple(int(s) for s in event_shape)
-    if int(num_layers) < 1:
-        raise ValueError(f"glow: num_layers = {num_layers} must be >= 1")
-    if len(event_shape) == 1:
-        d = event_shape[0]
-        layers = []
-        for i in range(int(num_layers)):
-            layers += [ActNorm(d, dtype), LULinear(d, dtype, seed=i),
-                       AffineCoupling(d, hidden_units, i % 2, dtype, seed=i)]
-        return Flow(layers, event_shape, dtype, name="glow")
     num_scales = int(num_scales)
-    _check_image(event_shape, num_scales, num_scales, "glow")
+    check_image(event_shape, num_scales, num_scales, "glow")
     h, w, c = event_shape
     active, layers, seed = c, [], 0
     for scale in range(num_scales):
@@ -298,10 +226,10 @@ def build_glow(event_shape, dtype, num_layers=4, hidden_units=(64, 64), num_scal
         h, w, c, active = h // 2, w // 2, 4 * c, 4 * active
         for i in range(int(num_layers)):
             seed += 1
+            net = conv_conditioner(num_filters, num_res_blocks, dtype, seed)
             layers += [Active(ActNorm(active, dtype), active),
                        Active(Invertible1x1Conv(active, dtype, seed=seed), active),
-                       Active(ChannelCoupling(active, i % 2, num_filters, num_res_blocks, dtype, "sigmoid", seed),
-                              active)]
+                       Active(AffineCoupling(active, i % 2, net, dtype, scale="sigmoid"), active)]
         if scale < num_scales - 1:
             active //= 2
     layers.append(Reshape([h, w, c], event_shape, dtype))

@@ -17,6 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from .base import Flow, FlowLayer, as_dtype
+from .nn import SCALES, AffineCoupling, ConvNet, bounded_log_scale
+from .options import Option
+from .registry import register
 
 __all__ = [
     "squeeze",
@@ -25,9 +28,9 @@ __all__ = [
     "Squeeze",
     "Active",
     "Reshape",
-    "ConvNet",
+    "conv_conditioner",
+    "check_image",
     "CheckerboardCoupling",
-    "ChannelCoupling",
     "build_realnvp_image",
 ]
 
@@ -113,97 +116,38 @@ class Reshape(FlowLayer):
         return tf.reshape(z, [-1] + self.in_shape), _zeros_ldj(z, self.dtype)
 
 
-class ConvNet(tf.Module):
-    """Small residual CNN for the coupling's (log-scale, shift): 3x3 conv in, residual blocks, zero-init 3x3 conv out.
-
-    Args:
-        in_channels, out_channels: channels of the input and output.
-        num_filters: width of the hidden convolutions.
-        num_res_blocks: residual blocks, each ``x + conv(relu(conv(relu(x))))`` (0 gives a plain 2-conv CNN).
-        dtype: float32 or float64.
-        seed: seed of the initial weights.
-    """
-
-    def __init__(self, in_channels, out_channels, num_filters, num_res_blocks, dtype, seed=0, name=None):
-        super().__init__(name=name)
-        rng = np.random.default_rng(seed)
-
-        def conv(cin, cout, zero=False):
-            if zero:
-                return tf.Variable(tf.zeros([3, 3, cin, cout], dtype))
-            lim = np.sqrt(6.0 / (9 * cin + 9 * cout))
-            return tf.Variable(rng.uniform(-lim, lim, size=(3, 3, cin, cout)), dtype=dtype)
-
-        f = int(num_filters)
-        self.w_in, self.b_in = conv(in_channels, f), tf.Variable(tf.zeros([f], dtype))
-        self.blocks = [
-            (conv(f, f), tf.Variable(tf.zeros([f], dtype)), conv(f, f), tf.Variable(tf.zeros([f], dtype)))
-            for _ in range(int(num_res_blocks))
-        ]
-        self.w_out, self.b_out = conv(f, out_channels, zero=True), tf.Variable(tf.zeros([out_channels], dtype))
-
-    @staticmethod
-    def _conv(x, w, b):
-        return tf.nn.conv2d(x, w, strides=1, padding="SAME") + b
-
-    def __call__(self, x):
-        h = self._conv(x, self.w_in, self.b_in)
-        for w1, b1, w2, b2 in self.blocks:
-            h = h + self._conv(tf.nn.relu(self._conv(tf.nn.relu(h), w1, b1)), w2, b2)
-        return self._conv(tf.nn.relu(h), self.w_out, self.b_out)
+def conv_conditioner(num_filters, num_res_blocks, dtype, seed):
+    """``(in_channels, out_channels) -> ConvNet``: the coupling network of the image flows."""
+    return lambda cin, cout: ConvNet(cin, cout, num_filters, num_res_blocks, dtype, seed=seed)
 
 
-def _log_scale(raw, kind, scale):
-    """Bounded log-scale: Real NVP's ``scale * tanh(raw)`` or Glow's ``log sigmoid(raw + 2)``."""
-    if kind == "tanh":
-        return scale * tf.tanh(raw)
-    return tf.math.log_sigmoid(raw + tf.constant(2.0, raw.dtype))
-
-
-class _ImageCoupling(FlowLayer):
-    def __init__(self, channels, num_filters, num_res_blocks, dtype, scale="tanh", seed=0, name=None):
-        super().__init__(name=name)
-        if scale not in ("tanh", "sigmoid"):
-            raise ValueError(f"coupling scale {scale!r} is not supported; accepted: sigmoid, tanh")
-        self.dtype, self.channels, self.scale_kind = as_dtype(dtype), int(channels), scale
-        # Real NVP's learned factor on tanh: log-scale = exp(g) * tanh(raw), per channel
-        if scale == "tanh":
-            self.log_gain = tf.Variable(tf.zeros([self._out_channels()], self.dtype), name="log_gain")
-        self.net = ConvNet(self._in_channels(), 2 * self._out_channels(), num_filters, num_res_blocks,
-                           self.dtype, seed=seed)
-
-    def _params(self, cond):
-        raw, shift = tf.split(self.net(cond), 2, axis=-1)
-        gain = tf.exp(self.log_gain) if self.scale_kind == "tanh" else None
-        return _log_scale(raw, self.scale_kind, gain), shift
-
-
-class CheckerboardCoupling(_ImageCoupling):
+class CheckerboardCoupling(FlowLayer):
     """Affine coupling with a spatial checkerboard mask b (Real NVP, Dinh et al. 2017, arXiv:1605.08803).
 
     Data -> noise: ``z = b * x + (1 - b) * (x * exp(s(b * x)) + t(b * x))``,
-    ``log|det dz/dx| = sum((1 - b) * s)``, with s bounded (``scale="tanh"``: ``exp(g) * tanh``; ``"sigmoid"``:
-    Glow's ``log sigmoid(raw + 2)``).  The conditioner also sees the mask as an extra channel.
+    ``log|det dz/dx| = sum((1 - b) * s)``, with s bounded by :func:`flows.nn.bounded_log_scale` (``scale="tanh"``:
+    ``exp(g) * tanh``; ``"sigmoid"``: Glow's ``log sigmoid(raw + 2)``).  The conditioner (a
+    :class:`~flows.nn.ConvNet`) also sees the mask as an extra channel.
 
     Args:
         channels: channels of the input; h, w: its spatial size; parity: 0 or 1, which squares condition.
-        num_filters, num_res_blocks: of the :class:`ConvNet`; dtype; scale; seed.
+        num_filters, num_res_blocks: of the :class:`~flows.nn.ConvNet`; dtype; scale; seed.
     """
 
     def __init__(self, channels, h, w, parity, num_filters, num_res_blocks, dtype, scale="tanh", seed=0, name=None):
-        self._c = int(channels)
-        super().__init__(channels, num_filters, num_res_blocks, dtype, scale, seed, name)
+        super().__init__(name=name)
+        if scale not in SCALES:
+            raise ValueError(f"coupling scale {scale!r} is not supported; accepted: {', '.join(SCALES)}")
+        self.dtype, self.channels, self.scale = as_dtype(dtype), int(channels), scale
+        if scale == "tanh":  # Real NVP's learned factor on tanh: log-scale = exp(g) * tanh(raw), per channel
+            self.log_gain = tf.Variable(tf.zeros([self.channels], self.dtype), name="log_gain")
+        self.net = ConvNet(self.channels + 1, 2 * self.channels, num_filters, num_res_blocks, self.dtype, seed=seed)
         self.mask = checkerboard_mask(h, w, parity, self.dtype)
-
-    def _in_channels(self):
-        return self._c + 1
-
-    def _out_channels(self):
-        return self._c
 
     def _st(self, x_cond):
         mask = tf.broadcast_to(self.mask, tf.concat([tf.shape(x_cond)[:3], [1]], 0))
-        s, t = self._params(tf.concat([x_cond * self.mask, mask], axis=-1))
+        raw, t = tf.split(self.net(tf.concat([x_cond * self.mask, mask], axis=-1)), 2, axis=-1)
+        s = bounded_log_scale(raw, self.scale, getattr(self, "log_gain", None))
         return s * (1 - self.mask), t * (1 - self.mask)
 
     def inverse(self, x, training: bool = False):
@@ -215,51 +159,7 @@ class CheckerboardCoupling(_ImageCoupling):
         return (z - t) * tf.exp(-s), -tf.reduce_sum(s, axis=[1, 2, 3])
 
 
-class ChannelCoupling(_ImageCoupling):
-    """Affine coupling splitting channels in halves (Real NVP's channel mask; Glow's coupling).
-
-    Data -> noise: ``z_a = x_a``, ``z_b = x_b * exp(s(x_a)) + t(x_a)``, ``log|det| = sum(s)``; ``parity`` 1 swaps
-    the roles of the halves.
-
-    Args:
-        channels: channels of the input (>= 2); parity; num_filters, num_res_blocks; dtype; scale; seed.
-    """
-
-    def __init__(self, channels, parity, num_filters, num_res_blocks, dtype, scale="tanh", seed=0, name=None):
-        if int(channels) < 2:
-            raise ValueError(f"a channel coupling needs at least 2 channels; got {channels}")
-        self._c, self.parity = int(channels), int(parity) % 2
-        self._k = self._c // 2
-        super().__init__(channels, num_filters, num_res_blocks, dtype, scale, seed, name)
-
-    def _sizes(self):  # (conditioning, transformed)
-        return (self._k, self._c - self._k) if self.parity == 0 else (self._c - self._k, self._k)
-
-    def _in_channels(self):
-        return self._sizes()[0]
-
-    def _out_channels(self):
-        return self._sizes()[1]
-
-    def _split(self, x):
-        a, b = x[..., : self._k], x[..., self._k:]
-        return (a, b) if self.parity == 0 else (b, a)
-
-    def _join(self, cond, trans):
-        return tf.concat([cond, trans] if self.parity == 0 else [trans, cond], axis=-1)
-
-    def inverse(self, x, training: bool = False):
-        cond, trans = self._split(x)
-        s, t = self._params(cond)
-        return self._join(cond, trans * tf.exp(s) + t), tf.reduce_sum(s, axis=[1, 2, 3])
-
-    def forward(self, z):
-        cond, trans = self._split(z)
-        s, t = self._params(cond)
-        return self._join(cond, (trans - t) * tf.exp(-s)), -tf.reduce_sum(s, axis=[1, 2, 3])
-
-
-def _check_image(event_shape, num_scales, squeezes, who):
+def check_image(event_shape, num_scales, squeezes, who):
     if len(event_shape) != 3:
         raise ValueError(f"{who} on images takes event shape [h, w, c]; got {list(event_shape)}")
     h, w, c = event_shape
@@ -273,20 +173,21 @@ def _check_image(event_shape, num_scales, squeezes, who):
         )
 
 
-def build_realnvp_image(event_shape, dtype, num_layers=4, num_scales=2, num_filters=32, num_res_blocks=2,
-                        **_ignored) -> Flow:
+@register("realnvp", {"num_layers": 4, "num_scales": 2, "num_filters": 32, "num_res_blocks": Option(2, low=0)},
+          kind="image")
+def build_realnvp_image(event_shape, dtype, *, num_layers, num_scales, num_filters, num_res_blocks) -> Flow:
     """Real NVP for images (Dinh, Sohl-Dickstein and Bengio, Density estimation using Real NVP, 2017,
     https://arxiv.org/abs/1605.08803), multi-scale as in the paper's section 3.6.
 
     Each scale but the last: 3 checkerboard couplings (alternating parity), squeeze, 3 channel couplings
     (alternating), factor out half the channels.  Last scale: ``num_layers`` checkerboard couplings (paper: 4).
-    Scales are ``s = exp(g) * tanh(raw)``.  The vector-only hyper-parameters (``hidden_units``, ``batch_norm``)
-    are ignored: the s,t networks are :class:`ConvNet` with ``num_filters`` and ``num_res_blocks``.
+    Scales are ``s = exp(g) * tanh(raw)``; the s,t networks are :class:`~flows.nn.ConvNet` with ``num_filters`` and
+    ``num_res_blocks``.
     """
     dtype = as_dtype(dtype)
     event_shape = tuple(int(s) for s in event_shape)
     num_scales = int(num_scales)
-    _check_image(event_shape, num_scales, num_scales - 1, "realnvp")
+    check_image(event_shape, num_scales, num_scales - 1, "realnvp")
     h, w, c = event_shape
     active, layers, seed = c, [], 0
     for scale in range(num_scales):
@@ -301,8 +202,8 @@ def build_realnvp_image(event_shape, dtype, num_layers=4, num_scales=2, num_filt
         h, w, c, active = h // 2, w // 2, 4 * c, 4 * active
         for p in range(3):
             seed += 1
-            layers.append(Active(ChannelCoupling(active, p % 2, num_filters, num_res_blocks, dtype, "tanh", seed),
-                                 active))
+            net = conv_conditioner(num_filters, num_res_blocks, dtype, seed)
+            layers.append(Active(AffineCoupling(active, p % 2, net, dtype, scale="tanh"), active))
         active //= 2
     layers.append(Reshape([h, w, c], event_shape, dtype))
     return Flow(layers, event_shape, dtype, name="realnvp")

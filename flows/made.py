@@ -6,9 +6,10 @@ import math
 
 import tensorflow as tf
 
-from .autoregressive import AffineBijectorFn, MaskedAutoregressive, check_activation, made_network
+from .autoregressive import AffineBijectorFn, MaskedAutoregressive
 from .base import Flow, NotInvertibleError, as_dtype, check_input
-from .layers import check_hidden_units, check_positive_int, soft_clamp
+from .nn import ACTIVATIONS, MaskedMLP, check_hidden_units, check_positive_int, soft_clamp
+from .options import Option
 from .registry import register
 
 __all__ = ["MADE", "build_made"]
@@ -46,7 +47,7 @@ class MADE(Flow):
                  dtype="float32", name="made"):
         dtype = as_dtype(dtype)
         d, k = int(event_size), int(num_components)
-        net = made_network(d, 2 if k == 1 else 3 * k, hidden_units, dtype, activation, zero_last=k == 1)
+        net = MaskedMLP(d, 2 if k == 1 else 3 * k, hidden_units, dtype, activation=activation, zero_last=k == 1)
         layers = []
         if k == 1:
             layers = [MaskedAutoregressive(net, AffineBijectorFn(net), name="made_gaussian")]
@@ -58,8 +59,8 @@ class MADE(Flow):
     def is_bijection(self) -> bool:
         return self.num_components == 1
 
-    def _mixture(self, x):
-        params = self.net(x)  # [batch, d, 3k]
+    def _mixture(self, x, training=False):
+        params = self.net(x, training=training)  # [batch, d, 3k]
         k = self.num_components
         logits, means, raw = params[..., :k], params[..., k:2 * k], params[..., 2 * k:]
         return tf.nn.log_softmax(logits, axis=-1), means, soft_clamp(raw, MOG_LOG_SCALE_BOUND)
@@ -68,7 +69,7 @@ class MADE(Flow):
         if self.is_bijection:
             return super().log_prob(x, training=training)
         x = check_input(x, self.dtype)
-        log_pi, mu, log_sigma = self._mixture(x)
+        log_pi, mu, log_sigma = self._mixture(x, training)
         u = (x[..., None] - mu) * tf.exp(-log_sigma)
         log_normal = -0.5 * tf.square(u) - log_sigma - tf.constant(0.5 * math.log(2 * math.pi), self.dtype)
         return tf.reduce_sum(tf.reduce_logsumexp(log_pi + log_normal, axis=-1), axis=-1)
@@ -121,11 +122,11 @@ class MADE(Flow):
 
 @register(
     "made",
-    {"num_components": 1, "hidden_units": [64, 64], "activation": "relu"},
+    {"num_components": 1, "hidden_units": [64, 64], "activation": Option("relu", choices=tuple(sorted(ACTIVATIONS)), doc="hidden activation")},
     paper="Germain, Gregor, Murray, Larochelle 2015, MADE: Masked Autoencoder for Distribution Estimation, "
           "https://arxiv.org/abs/1502.03509",
 )
-def build_made(event_shape, dtype, num_components=1, hidden_units=(64, 64), activation="relu") -> Flow:
+def build_made(event_shape, dtype, *, num_components, hidden_units, activation) -> Flow:
     """MADE density (Germain et al. 2015): Gaussian (``num_components = 1``) or mixture-of-Gaussian conditionals.
 
     See :class:`MADE`.  With more than one component it samples but has no inverse or trajectories.
@@ -143,5 +144,4 @@ def build_made(event_shape, dtype, num_components=1, hidden_units=(64, 64), acti
         raise ValueError(f"made: event size d = {d} must be at least 2 for an autoregressive network")
     k = check_positive_int(num_components, "num_components", "made")
     units = check_hidden_units(hidden_units, "made")
-    check_activation(activation, "made")
     return MADE(d, k, units, activation, dtype)

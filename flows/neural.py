@@ -11,13 +11,14 @@ https://arxiv.org/abs/1804.00779.  Density exact; sampling by numerical inversio
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from .base import Flow, FlowLayer, as_dtype
+from .nn import ACTIVATIONS, MaskedMLP, Reverse
+from .options import Option
 from .registry import register
 
-__all__ = ["MaskedMLP", "DeepSigmoidalTransform", "Reverse", "dsf", "dsf_invert", "build_naf"]
+__all__ = ["DeepSigmoidalTransform", "dsf", "dsf_invert", "build_naf"]
 
 #: minimum slope of each sigmoid (a_k = softplus(raw + 0.5413) + A_MIN): keeps log a_k finite
 A_MIN = 1e-3
@@ -40,48 +41,6 @@ def dsf(x, log_a, b, log_w):
     y = log_s - log_1ms
     log_dsdx = tf.reduce_logsumexp(log_w + log_a + log_sig + log_1msig, axis=-1)
     return y, log_dsdx - log_s - log_1ms
-
-
-class MaskedMLP(tf.Module):
-    """MADE network (Germain et al. 2015, https://arxiv.org/abs/1502.03509): output ``[b, d, params]`` where
-    row i depends on ``x_{<i}`` only.
-
-    The masks multiply the weights inside ``__call__`` (not a Keras kernel constraint), so the autoregressive
-    property holds whatever the optimiser or any direct assignment does to the variables.
-    Degrees: inputs 1..d, hidden units cycle over 1..d-1, output row i has degree i; a connection exists
-    from degree m to hidden degree m' iff m' >= m, and from hidden degree m to output i iff i > m.
-    """
-
-    def __init__(self, d, hidden_units, params, dtype, activation="relu", seed=0, name=None):
-        super().__init__(name=name)
-        rng = np.random.default_rng(seed)
-        self.d, self.params, self.dtype = int(d), int(params), dtype
-        acts = {"relu": tf.nn.relu, "tanh": tf.nn.tanh, "elu": tf.nn.elu, "softplus": tf.nn.softplus}
-        if activation not in acts:
-            raise ValueError(f"activation {activation!r} is not supported; accepted: {', '.join(sorted(acts))}")
-        self.activation = acts[activation]
-        degrees = [np.arange(1, self.d + 1)]
-        for h in hidden_units:
-            degrees.append(np.arange(int(h)) % max(1, self.d - 1) + 1)
-        out_deg = np.repeat(np.arange(1, self.d + 1), self.params)  # [d * params], row-major [d, params]
-        masks = [(dh[None, :] >= dp[:, None]) for dp, dh in zip(degrees[:-1], degrees[1:])]
-        masks.append(out_deg[None, :] > degrees[-1][:, None])
-        self.masks = [tf.constant(m.astype(np.float64), dtype) for m in masks]
-        self.weights, self.biases = [], []
-        for m in masks:
-            a, b = m.shape
-            lim = np.sqrt(6.0 / (a + b))
-            self.weights.append(tf.Variable(rng.uniform(-lim, lim, size=(a, b)), dtype=dtype))
-            self.biases.append(tf.Variable(tf.zeros([b], dtype)))
-
-    def __call__(self, x):
-        h = x
-        n = len(self.weights)
-        for i, (w, m, b) in enumerate(zip(self.weights, self.masks, self.biases)):
-            h = tf.matmul(h, w * m) + b
-            if i < n - 1:
-                h = self.activation(h)
-        return tf.reshape(h, [-1, self.d, self.params])
 
 
 @tf.function(reduce_retracing=True)
@@ -123,7 +82,9 @@ class DeepSigmoidalTransform(FlowLayer):
         self.dtype, self.d, self.k = as_dtype(dtype), int(num_features), int(num_sigmoids)
         if self.k < 1:
             raise ValueError(f"naf: num_sigmoids = {num_sigmoids} must be >= 1")
-        self.made = MaskedMLP(self.d, hidden_units, 3 * self.k, self.dtype, activation, seed=seed)
+        # MADE with numpy-seeded Glorot weights and degrees cycling over 1..d-1
+        self.made = MaskedMLP(self.d, 3 * self.k, hidden_units, self.dtype, activation=activation,
+                              hidden_degrees="cyclic", zero_last=False, backend="numpy", seed=seed)
 
     def _params(self, x):
         raw = self.made(x)  # [b, d, 3K]
@@ -151,26 +112,12 @@ class DeepSigmoidalTransform(FlowLayer):
         return x, -tf.reduce_sum(log_dz, axis=-1)
 
 
-class Reverse(FlowLayer):
-    """Reverses the order of the features (a permutation, log-det 0), between autoregressive steps."""
-
-    def __init__(self, dtype, name=None):
-        super().__init__(name=name)
-        self.dtype = as_dtype(dtype)
-
-    def inverse(self, x, training: bool = False):
-        return tf.reverse(x, axis=[-1]), tf.zeros(tf.shape(x)[:1], self.dtype)
-
-    def forward(self, z):
-        return tf.reverse(z, axis=[-1]), tf.zeros(tf.shape(z)[:1], self.dtype)
+NAF_DEFAULTS = {"num_layers": 2, "hidden_units": [64, 64], "num_sigmoids": 8, "activation": Option("relu", choices=tuple(sorted(ACTIVATIONS)), doc="hidden activation")}
 
 
-NAF_DEFAULTS = {"num_layers": 2, "hidden_units": [64, 64], "num_sigmoids": 8, "activation": "relu"}
-
-
-@register("naf", NAF_DEFAULTS, kinds=("vector",), can_sample=True,
+@register("naf", NAF_DEFAULTS, can_sample=True,
           paper="Huang, Krueger, Lacoste & Courville 2018, Neural Autoregressive Flows, arXiv:1804.00779")
-def build_naf(event_shape, dtype, num_layers=2, hidden_units=(64, 64), num_sigmoids=8, activation="relu") -> Flow:
+def build_naf(event_shape, dtype, *, num_layers, hidden_units, num_sigmoids, activation) -> Flow:
     """NAF with deep sigmoidal flows: ``num_layers`` DSF steps (MADE ``hidden_units``, ``num_sigmoids`` sigmoids),
     the feature order reversed between steps.  Sampling inverts each step by bisection (d MADE passes a step).
     """
@@ -181,6 +128,6 @@ def build_naf(event_shape, dtype, num_layers=2, hidden_units=(64, 64), num_sigmo
     layers = []
     for i in range(int(num_layers)):
         if i:
-            layers.append(Reverse(dtype))
+            layers.append(Reverse(d, dtype))
         layers.append(DeepSigmoidalTransform(d, hidden_units, num_sigmoids, dtype, activation, seed=i))
     return Flow(layers, tuple(event_shape), dtype, name="naf")

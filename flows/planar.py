@@ -7,6 +7,7 @@ import math
 import tensorflow as tf
 
 from .base import Flow, FlowLayer
+from .options import Option
 from .registry import register
 
 __all__ = ["PlanarLayer", "planar_flow"]
@@ -96,8 +97,8 @@ class PlanarLayer(FlowLayer):
         return self.apply(x)
 
 
-@register("planar", {"num_layers": 16, "init_scale": 0.1}, kinds=("vector",), can_sample=False, paper=PAPER)
-def planar_flow(event_shape, dtype, num_layers: int = 16, init_scale: float = 0.1) -> Flow:
+@register("planar", {"num_layers": 16, "init_scale": Option(0.1, low=0.0, positive=True)}, can_sample=False, paper=PAPER)
+def planar_flow(event_shape, dtype, *, num_layers: int, init_scale: float) -> Flow:
     """Planar flow: ``num_layers`` planar maps applied to the data; exact log-density, no sampling."""
     if num_layers < 1:
         raise ValueError(f"planar: num_layers = {num_layers} must be a positive integer")

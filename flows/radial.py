@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .base import Flow, FlowLayer
+from .options import Option
 from .registry import register
 
 __all__ = ["RadialLayer", "radial_flow"]
@@ -89,8 +90,8 @@ class RadialLayer(FlowLayer):
         return self.apply(x)
 
 
-@register("radial", {"num_layers": 16, "init_scale": 0.1}, kinds=("vector",), can_sample=False, paper=PAPER)
-def radial_flow(event_shape, dtype, num_layers: int = 16, init_scale: float = 0.1) -> Flow:
+@register("radial", {"num_layers": 16, "init_scale": Option(0.1, low=0.0, positive=True)}, can_sample=False, paper=PAPER)
+def radial_flow(event_shape, dtype, *, num_layers: int, init_scale: float) -> Flow:
     """Radial flow: ``num_layers`` radial maps applied to the data; exact log-density, no sampling."""
     if num_layers < 1:
         raise ValueError(f"radial: num_layers = {num_layers} must be a positive integer")

@@ -1,84 +1,179 @@
-"""One registry mapping a flow's name to its builder and default hyper-parameters."""
+"""One registry mapping a flow's name to its builders and their options, one variant per kind of event.
+
+A flow family registers each form it has: ``@register("realnvp", {...}, kind="vector")`` over the vector builder
+and ``@register("realnvp", {...}, kind="image")`` over the multi-scale one.  Each variant declares its own options
+once (the builder takes them as keyword arguments without defaults), so a key is accepted exactly where it has an
+effect.  ``FLOWS[name].defaults`` is what ``params.yaml``'s ``flows.<name>`` section holds: the options of a
+one-kind flow, or ``{vector: {...}, image: {...}}`` for a flow with both forms.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._options import accepted, size_problem as _size_problem, type_name as _type_name, type_ok as _type_ok
 from .base import Flow, as_dtype
+from .options import Option, OptionsError, accepted, as_schema, check_options, defaults_of
 
-__all__ = ["FlowSpec", "FLOWS", "register", "build_flow", "check_hparams", "accepted"]
+__all__ = ["FlowSpec", "Variant", "FLOWS", "register", "build_flow", "check_hparams", "kind_of", "accepted"]
+
+KINDS = ("vector", "image")
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One form of a flow: the builder for one kind of event and the options it takes."""
+
+    kind: str
+    builder: Callable[..., Flow]
+    options: dict[str, Option]
+    doc: str = field(default="", compare=False)
+
+
+@dataclass
 class FlowSpec:
-    """What the registry knows of a flow: its builder, defaults and where it applies."""
+    """What the registry knows of a flow: its variants (by kind), whether it samples, and its paper."""
 
     name: str
-    builder: Callable[..., Flow]
-    defaults: dict[str, Any]
-    #: event kinds it accepts: "vector" (shape [d]) and/or "image" (shape [h, w, c])
-    kinds: tuple[str, ...] = ("vector",)
+    variants: dict[str, Variant]
     can_sample: bool = True
     paper: str = ""
-    doc: str = field(default="", compare=False)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in KINDS if k in self.variants)
+
+    @property
+    def nested(self) -> bool:
+        """Whether params.yaml's section is nested by kind (the flow has several forms)."""
+        return len(self.variants) > 1
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        if self.nested:
+            return {k: defaults_of(v.options) for k, v in self.variants.items()}
+        return defaults_of(next(iter(self.variants.values())).options)
+
+    def options(self, kind: str) -> dict[str, Option]:
+        return self.variants[kind].options
+
+    @property
+    def doc(self) -> str:
+        return "\n\n".join(v.doc for v in self.variants.values() if v.doc)
 
 
 FLOWS: dict[str, FlowSpec] = {}
 
 
-def register(name: str, defaults: dict[str, Any], kinds=("vector",), can_sample: bool = True, paper: str = ""):
-    """Decorator: ``@register("maf", {"num_layers": 5, ...})`` over ``builder(event_shape, dtype, **hparams)``."""
+def register(name: str, options: dict[str, Any], kind: str = "vector", can_sample: bool = True, paper: str = ""):
+    """Decorator: ``@register("maf", {"num_layers": 5, ...})`` over ``builder(event_shape, dtype, *, **options)``.
+
+    ``options`` maps each option to its default or to an :class:`~flows.options.Option`; the builder receives every
+    one of them as a keyword argument.  Register a second ``kind`` under the same name for a second form.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"flow {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
 
     def deco(builder):
-        if name in FLOWS:
-            raise ValueError(f"flow {name!r} is registered twice")
-        FLOWS[name] = FlowSpec(name, builder, dict(defaults), tuple(kinds), can_sample, paper, builder.__doc__ or "")
+        spec = FLOWS.setdefault(name, FlowSpec(name, {}, can_sample, paper))
+        if kind in spec.variants:
+            raise ValueError(f"flow {name!r} ({kind}) is registered twice")
+        spec.variants[kind] = Variant(kind, builder, as_schema(options), builder.__doc__ or "")
+        spec.paper = spec.paper or paper
         return builder
 
     return deco
 
 
-def check_hparams(name: str, hparams: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Validate ``hparams`` for flow ``name`` and return defaults updated with them.
+def kind_of(event_shape) -> str | None:
+    """``vector`` for an event shape [d], ``image`` for [h, w, c], else None."""
+    return {1: "vector", 3: "image"}.get(len(tuple(event_shape)))
 
-    Raises ``ValueError`` naming the flow, the key and the accepted values.
-    """
-    prefix = f"{where}: " if where else ""
+
+def _spec(name: str, where: str) -> FlowSpec:
     if name not in FLOWS:
-        raise ValueError(f"{prefix}unknown flow {name!r}; accepted: {accepted(FLOWS)}")
-    spec = FLOWS[name]
-    out = dict(spec.defaults)
-    for key, value in (hparams or {}).items():
-        if key not in spec.defaults:
-            raise ValueError(
-                f"{prefix}flow {name!r} has no hyper-parameter {key!r}; accepted: {accepted(spec.defaults)}"
-            )
-        default = spec.defaults[key]
-        if not _type_ok(default, value):
-            raise ValueError(
-                f"{prefix}flow {name!r}: {key} = {value!r} must be {_type_name(default)} (default {default!r})"
-            )
-        problem = _size_problem(key, default, value)
-        if problem:
-            raise ValueError(f"{prefix}flow {name!r}: {key} = {value!r} must be {problem} (default {default!r})")
-        out[key] = float(value) if isinstance(default, float) else value
-    return out
+        raise OptionsError(f"{where or 'flow'}: unknown flow {name!r}; accepted: {accepted(FLOWS)}")
+    return FLOWS[name]
+
+
+def check_hparams(name: str, hparams: dict[str, Any] | None, kind: str | None = None, where: str = "") -> dict:
+    """Validate hyper-parameters of flow ``name``; return its defaults updated with them.
+
+    With ``kind`` (``vector`` or ``image``) ``hparams`` are the flat options of that form.  Without it they are
+    a ``params.yaml`` section: flat for a one-kind flow, ``{vector: {...}, image: {...}}`` for a flow with both.
+    Raises :class:`~flows.options.OptionsError` (a ``ValueError``) naming the key and what is accepted.
+    """
+    where = where or f"flows.{name}"
+    spec = _spec(name, where)
+    if kind is not None:
+        if kind not in spec.variants:
+            raise OptionsError(f"flow {name!r} accepts events of kind {accepted(spec.kinds)} (vector = [d], "
+                               f"image = [h, w, c]); not {kind}")
+        return check_options(spec.options(kind), hparams, where)
+    if not spec.nested:
+        return check_options(spec.options(spec.kinds[0]), hparams, where)
+    sections = check_options({k: Option({}) for k in spec.kinds}, hparams, where)
+    return {k: check_options(spec.options(k), sections[k] or {}, f"{where}.{k}") for k in spec.kinds}
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def min_parameters(event_shape, hp: dict) -> int:
+    """A lower bound on the number of weights of a flow with these options (its conditioners' matrices alone)."""
+    d = int(math.prod(int(s) for s in event_shape))
+    layers = max(int(hp.get("num_layers", hp.get("num_blocks", 1)) or 1), 1)
+    total = 0
+    widths = [int(w) for w in hp.get("hidden_units", []) if isinstance(w, int)]
+    if widths:
+        chain = [d] + widths + [d]
+        total += layers * sum(a * b for a, b in zip(chain, chain[1:]))
+    filters = hp.get("num_filters")
+    if isinstance(filters, int):
+        total += layers * max(int(hp.get("num_scales", 1)), 1) * filters * filters * 9
+    return total
+
+
+def check_size(name: str, event_shape, hp: dict, where: str = "") -> None:
+    """Refuse a model whose weights, gradients and Adam moments (4 float32 copies) cannot fit in memory."""
+    n = min_parameters(event_shape, hp)
+    need, have = 16 * n, _memory_bytes()
+    if have and need > have:
+        raise OptionsError(
+            f"{where or 'flows.' + name}: this model has at least {n:.3g} weights ({need / 2**30:.3g} GiB with "
+            f"their gradients and Adam moments in float32), more than this machine's {have / 2**30:.3g} GiB of "
+            "memory; choose smaller hidden_units / num_filters / num_layers"
+        )
 
 
 def build_flow(name: str, event_shape, dtype="float32", **hparams) -> Flow:
-    """Build flow ``name`` for events of ``event_shape``; unspecified hyper-parameters take their defaults."""
-    full = check_hparams(name, hparams)
-    spec = FLOWS[name]
+    """Build flow ``name`` for events of ``event_shape``; unspecified hyper-parameters take their defaults.
+
+    The form follows the event shape ([d]: vector, [h, w, c]: image) and ``hparams`` are that form's options.
+    The flow carries ``flow.config`` (name, kind, event shape, dtype, full hyper-parameters), from which
+    :func:`flows.load` rebuilds it.
+    """
+    spec = _spec(name, f"flows.{name}")
     event_shape = tuple(int(d) for d in event_shape)
-    kind = "vector" if len(event_shape) == 1 else "image" if len(event_shape) == 3 else None
-    if kind not in spec.kinds:
-        raise ValueError(
+    kind = kind_of(event_shape)
+    if kind not in spec.variants:
+        raise OptionsError(
             f"flow {name!r} accepts events of kind {accepted(spec.kinds)} "
             f"(vector = [d], image = [h, w, c]); got event shape {list(event_shape)}"
         )
-    flow = spec.builder(event_shape, as_dtype(dtype), **full)
+    full = check_hparams(name, hparams, kind=kind)
+    check_size(name, event_shape, full)
+    dtype = as_dtype(dtype)
+    flow = spec.variants[kind].builder(event_shape, dtype, **full)
     if not isinstance(flow, Flow):
         raise TypeError(f"builder of flow {name!r} returned {type(flow).__name__}, not a Flow")
+    # not a tracked attribute: the checkpoint's object graph stays that of the layers alone
+    object.__setattr__(flow, "config", {"flow": name, "kind": kind, "event_shape": list(event_shape),
+                                        "dtype": dtype.name, "hparams": full})
     return flow

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from .autoregressive import MaskedAutoregressive, check_activation, made_network
+from .autoregressive import MaskedAutoregressive
 from .base import Flow, FlowLayer, as_dtype
-from .layers import Permutation, alternating_mask, check_hidden_units, check_positive_int, mlp
+from .glow import LULinear
+from .nn import ACTIVATIONS, MLP, MaskedMLP, Permutation, alternating_mask, check_hidden_units, check_positive_int
+from .options import Option
 from .registry import register
 
 tfb = tfp.bijectors
@@ -114,14 +115,14 @@ class RQSBijectorFn(tf.Module):
         super().__init__(name=name)
         self.made, self.num_bins, self.tail_bound = made, int(num_bins), float(tail_bound)
 
-    def __call__(self, y, **condition_kwargs):
-        widths, heights, derivs = spline_knots(self.made(y), self.num_bins, self.tail_bound)
+    def __call__(self, y, training: bool = False, **condition_kwargs):
+        widths, heights, derivs = spline_knots(self.made(y, training=training), self.num_bins, self.tail_bound)
         return tfb.RationalQuadraticSpline(widths, heights, derivs[..., 1:-1],
                                            range_min=tf.constant(-self.tail_bound, y.dtype))
 
-    def one_pass(self, y):
+    def one_pass(self, y, training: bool = False):
         """``u = f_y^-1(y)`` and ``log|det du/dy|``: one network pass."""
-        u, ldj = rqs(y, self.made(y), self.num_bins, self.tail_bound, inverse=True)
+        u, ldj = rqs(y, self.made(y, training=training), self.num_bins, self.tail_bound, inverse=True)
         return u, tf.reduce_sum(ldj, axis=-1)
 
 
@@ -152,41 +153,37 @@ class SplineCoupling(FlowLayer):
         self.d, self.num_bins, self.tail_bound = mask.shape[0], int(num_bins), float(tail_bound)
         self.kept = tf.constant(mask)
         self.mask = tf.constant(mask, self.dtype)
-        self.net = mlp(self.d, self.d * (3 * self.num_bins - 1), hidden_units, self.dtype, activation)
+        self.net = MLP(self.d, self.d * (3 * self.num_bins - 1), hidden_units, self.dtype, activation=activation)
 
-    def _apply(self, v, inverse):
-        params = tf.reshape(self.net(v * self.mask), [-1, self.d, 3 * self.num_bins - 1])
+    def _apply(self, v, inverse, training=False):
+        params = tf.reshape(self.net(v * self.mask, training=training), [-1, self.d, 3 * self.num_bins - 1])
         out, ldj = rqs(v, params, self.num_bins, self.tail_bound, inverse=inverse)
         return tf.where(self.kept, v, out), tf.reduce_sum((1 - self.mask) * ldj, axis=-1)
 
     def inverse(self, x, training: bool = False):
-        return self._apply(x, inverse=False)
+        return self._apply(x, inverse=False, training=training)
 
     def forward(self, z):
         return self._apply(z, inverse=True)
 
 
 def _linear_layer(d, dtype, i, lu_linear):
-    """An LU-parametrised linear layer (flows.glow.LULinear) or, without it, a fixed random permutation."""
+    """An LU-parametrised linear layer (:class:`flows.glow.LULinear`) or, without it, a fixed random permutation."""
     if lu_linear:
-        try:
-            from .glow import LULinear
-        except ImportError:
-            warnings.warn("nsf: flows.glow.LULinear is not available; using a random permutation instead")
-        else:
-            # NSF (after nflows): a random permutation with L = U = I at the start, then everything is learnt
-            return LULinear(d, dtype, seed=i, init="identity", name=f"lu_linear_{i}")
+        # NSF (after nflows): a random permutation with L = U = I at the start, then everything is learnt
+        return LULinear(d, dtype, seed=i, init="identity", name=f"lu_linear_{i}")
     return Permutation(d, seed=i, dtype=dtype, name=f"permutation_{i}")
 
 
 @register(
     "nsf",
-    {"num_layers": 4, "form": "coupling", "num_bins": 8, "tail_bound": 3.0, "hidden_units": [64, 64],
-     "lu_linear": True, "activation": "relu"},
+    {"num_layers": 4, "form": Option("coupling", choices=FORMS), "num_bins": Option(8, low=2, doc="K bins"),
+     "tail_bound": Option(3.0, low=0.0, positive=True), "hidden_units": [64, 64], "lu_linear": True,
+     "activation": Option("relu", choices=tuple(sorted(ACTIVATIONS)), doc="hidden activation")},
     paper="Durkan, Bekasov, Murray, Papamakarios 2019, Neural Spline Flows, https://arxiv.org/abs/1906.04032",
 )
-def build_nsf(event_shape, dtype, num_layers=4, form="coupling", num_bins=8, tail_bound=3.0,
-              hidden_units=(64, 64), lu_linear=True, activation="relu") -> Flow:
+def build_nsf(event_shape, dtype, *, num_layers, form, num_bins, tail_bound, hidden_units, lu_linear,
+              activation) -> Flow:
     """Neural Spline Flow (Durkan et al. 2019): rational-quadratic spline steps with linear mixing between them.
 
     ``form = "coupling"`` (RQ-NSF (C)): :class:`SplineCoupling` with alternating masks; one pass each way.
@@ -215,7 +212,6 @@ def build_nsf(event_shape, dtype, num_layers=4, form="coupling", num_bins=8, tai
     if 2.0 * tail_bound <= num_bins * MIN_BIN:
         raise ValueError(f"nsf: tail_bound = {tail_bound!r} is too small for {num_bins} bins of width >= {MIN_BIN}")
     units = check_hidden_units(hidden_units, "nsf")
-    check_activation(activation, "nsf")
     layers = []
     for i in range(num_layers):
         if i > 0:
@@ -224,7 +220,7 @@ def build_nsf(event_shape, dtype, num_layers=4, form="coupling", num_bins=8, tai
             layers.append(SplineCoupling(alternating_mask(d, i), num_bins, tail_bound, units, dtype, activation,
                                          name=f"spline_coupling_{i}"))
         else:
-            made = made_network(d, 3 * num_bins - 1, units, dtype, activation)
+            made = MaskedMLP(d, 3 * num_bins - 1, units, dtype, activation=activation)
             fn = RQSBijectorFn(made, num_bins, tail_bound)
             layers.append(MaskedAutoregressive(made, fn, one_pass=fn.one_pass, name=f"spline_autoregressive_{i}"))
     return Flow(layers, event_shape, dtype, name="nsf")

@@ -7,6 +7,7 @@ All likelihoods are in nats per example unless a name says ``bits_per_dim``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from .base import Flow
+from .errors import NonFiniteError
+from .options import Option, check_options, schema_of
 
 __all__ = [
     "set_seed",
@@ -34,6 +37,11 @@ __all__ = [
     "worker_task",
     "batch_indices",
     "auto_steps_per_call",
+    "RunState",
+    "TrainCall",
+    "TrainCheckpoint",
+    "BatchSource",
+    "default_optimizer",
 ]
 
 #: maps a raw batch to (model-space batch, log|det d model / d raw| per example) -- e.g. dequantise + logit
@@ -49,25 +57,57 @@ def set_seed(seed: int):
     tf.random.set_seed(seed)
 
 
+def _opt(**kw):
+    return {"option": Option(None, **kw)}
+
+
 @dataclass
 class TrainConfig:
-    """Optimisation settings (the per-data-set section of params.yaml)."""
+    """Optimisation settings: the schema of a ``datasets.<name>.train`` section of params.yaml (and its overrides).
 
-    steps: int = 1000
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    eval_every: int = 100
-    eval_batch_size: int = 4096
-    clip_norm: float = 5.0
-    patience: int = 0  # evaluations without validation improvement before stopping; 0 = never stop early
-    max_val: int = 20000  # validation rows used at each interval (the first ones), to bound its cost
-    checkpoint_every: int = 0  # steps between checkpoints when fit has a checkpoint_dir; 0 = at each evaluation
-    keep_checkpoints: int = 2  # checkpoints kept on disk (tf.train.CheckpointManager's max_to_keep)
-    jit_compile: bool = False  # XLA-compile the training call (see fit), tf.function(jit_compile=True)
-    steps_per_call: int = 0  # training steps run by one compiled call (a loop in the graph); 0 = automatic
-    mixed_precision: bool = False  # dynamic loss scaling for float16 compute; see fit's docstring
-    deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (process-wide) before training
-    seed: int = 0
+    Checked by :meth:`from_options`; every field's constraints are declared here, once.
+    """
+
+    steps: int = field(default=1000, metadata=_opt(low=1))
+    batch_size: int = field(default=256, metadata=_opt(low=1))
+    learning_rate: float = field(default=1e-3, metadata=_opt(low=0.0, positive=True))
+    eval_every: int = field(default=100, metadata=_opt(low=1))
+    eval_batch_size: int = field(default=4096, metadata=_opt(low=1))
+    clip_norm: float = field(default=5.0, metadata=_opt(low=0.0, doc="0: no clipping"))
+    #: evaluations without validation improvement before stopping; 0 = never stop early
+    patience: int = field(default=0, metadata=_opt(low=0, doc="0: never stop early"))
+    #: validation rows used at each interval (the first ones), to bound its cost
+    max_val: int = field(default=20000, metadata=_opt(low=1))
+    #: steps between checkpoints when fit has a checkpoint_dir; 0 = at each evaluation
+    checkpoint_every: int = field(default=0, metadata=_opt(low=0, doc="0: at each evaluation"))
+    #: checkpoints kept on disk (tf.train.CheckpointManager's max_to_keep)
+    keep_checkpoints: int = field(default=2, metadata=_opt(low=1))
+    #: XLA-compile the training call (see fit), tf.function(jit_compile=True)
+    jit_compile: bool = False
+    #: training steps run by one compiled call (a loop in the graph); 0 = automatic
+    steps_per_call: int = field(default=0, metadata=_opt(low=0, doc="0: automatic"))
+    #: dynamic loss scaling for float16 compute; see fit's docstring
+    mixed_precision: bool = False
+    #: the caller enables tf.config.experimental.enable_op_determinism() (process-wide) before training
+    deterministic: bool = False
+    #: images only: the dequantised pixels x in [0, 1] are modelled as logit(alpha + (1 - 2 alpha) x)
+    logit_alpha: float = field(default=1e-6, metadata=_opt(low=0.0, below=0.5))
+    seed: int = field(default=0, metadata=_opt(low=0))
+
+    def __post_init__(self):  # a config is valid once built, however it was built
+        values = check_options(schema_of(type(self)), dataclasses.asdict(self), "train")
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    @classmethod
+    def schema(cls) -> dict:
+        """The options of a params.yaml train section (every field but ``seed``, which is params.yaml's top level)."""
+        return schema_of(cls, exclude=("seed",))
+
+    @classmethod
+    def from_options(cls, values: dict | None, where: str = "train", seed: int = 0) -> "TrainConfig":
+        """Validate a train section (one line naming the key on error) and build the config."""
+        return cls(seed=seed, **check_options(cls.schema(), values, where))
 
 
 @dataclass
@@ -263,6 +303,205 @@ def _all_finite(variables) -> bool:
                if v.dtype.is_floating)
 
 
+@dataclass
+class RunState:
+    """Everything a resumed run needs besides the variables: the step reached, the running train loss of the
+    current interval, the early-stopping counter, the wall time so far and the history.  Saved inside each
+    checkpoint (one string variable, so it is written and restored atomically with the weights)."""
+
+    step: int = 0
+    running: float = 0.0  # sum of the training losses since the last evaluation
+    count: int = 0  # and their number
+    bad_evals: int = 0  # evaluations since the last validation improvement
+    elapsed: float = 0.0  # seconds of training before this process (resumed runs)
+    finished: bool = False
+    best_saved: bool = False  # whether best weights were recorded (Checkpointer.saved)
+    history: History = field(default_factory=History)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunState":
+        data = json.loads(text)
+        return cls(**{**data, "history": History(**data["history"])})
+
+
+def default_optimizer(config: TrainConfig, schedule=None):
+    """Adam with ``schedule`` (default: cosine annealing from ``config.learning_rate`` to 0 over ``config.steps``)
+    and global-norm gradient clipping at ``config.clip_norm`` (0: none): the NSF paper's recipe."""
+    import tf_keras as keras  # Keras 2, the one TFP 0.25 is built on
+
+    if schedule is None:
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.steps)
+    return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=config.clip_norm or None)
+
+
+class BatchSource:
+    """The training batches of consecutive steps, gathered in place into one reused buffer of ``per_call``
+    batches (:func:`batch_indices`: a pure function of (seed, step))."""
+
+    def __init__(self, train, batch_size: int, seed: int, per_call: int):
+        self.train, self.batch_size, self.seed = train, batch_size, seed
+        row_shape = tuple(train.shape[1:])
+        self.buffer = np.zeros((per_call, batch_size) + row_shape, np.dtype(train.dtype))
+
+    def fill(self, first: int, count: int) -> np.ndarray:
+        """Batches of steps first..first+count-1 in rows 0..count-1 (later rows are stale and never read)."""
+        for j in range(count):
+            self.buffer[j] = self.train[batch_indices(len(self.train), self.batch_size, self.seed, first + j)]
+        return self.buffer
+
+
+class TrainCall:
+    """The compiled training call: up to ``per_call`` optimizer steps in a ``tf.while_loop`` inside one graph, the
+    same code for one replica and for several (each step is ``strategy.run`` of the replica step; gradients are
+    summed over replicas by the optimizer).  With one replica and ``jit``, XLA compiles the whole call (loss,
+    gradients, clipping, the Adam update, the loop); with several, the loss-and-gradient function."""
+
+    def __init__(self, flow: Flow, optimizer, transform: Transform, strategy, global_batch: int, per_call: int,
+                 jit: bool = False, mixed_precision: bool = False):
+        self.flow, self.optimizer, self.transform, self.strategy = flow, optimizer, transform, strategy
+        self.per_call, self.mixed = per_call, mixed_precision
+        self.replicas = strategy.num_replicas_in_sync
+        self.global_batch = global_batch
+        self.variables = flow.trainable_variables
+        one = self.replicas == 1
+        self.grad_fn = self.loss_and_grads if one else tf.function(
+            self.loss_and_grads, jit_compile=jit or None, reduce_retracing=True)
+        self.call = tf.function(self._call, jit_compile=(jit and one) or None)
+
+    def loss_and_grads(self, batch, seed):
+        """This replica's share of the mean negative log-likelihood (nats) of the global batch, and its gradients."""
+        flow, opt = self.flow, self.optimizer
+        with tf.GradientTape() as tape:
+            y, ldj = self.transform(batch, seed)
+            lp = flow.log_prob(y, training=True) + tf.cast(ldj, flow.dtype)  # in the flow's dtype, no downcast
+            loss = -tf.reduce_sum(lp) / tf.cast(self.global_batch, flow.dtype)
+            scaled = opt.get_scaled_loss(loss) if self.mixed else loss
+        grads = tape.gradient(scaled, self.variables)
+        if self.mixed:
+            grads = opt.get_unscaled_gradients(grads)
+        return loss, grads
+
+    def _replica_step(self, batches, i, seed):
+        if self.replicas > 1:  # each replica its own noise; the seed is unchanged with one replica
+            rid = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+            seed = tf.stack([seed[0], seed[1] * self.replicas + rid])
+        loss, grads = self.grad_fn(batches[i], seed)
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+        return loss
+
+    def _call(self, batches, count, seed, first_step):
+        # `count` (<= per_call) steps on batches[0..count-1]; the batches tensor always has per_call rows, so the
+        # function (and XLA's compilation) sees one shape; returns the per_call losses, zeros after `count`
+        strategy = self.strategy
+
+        def body(i, losses):
+            step_seed = tf.stack([seed, first_step + tf.cast(i, tf.int64)])
+            if self.replicas == 1:  # the default strategy's replica context: strategy.run would only wrap it
+                loss = self._replica_step(batches, i, step_seed)
+            else:
+                loss = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                       strategy.run(self._replica_step, args=(batches, i, step_seed)), axis=None)
+            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [loss])
+
+        losses = tf.zeros([self.per_call], self.flow.dtype)
+        return tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), losses))[1]
+
+    def __call__(self, batches: np.ndarray, count: int, seed: int, first: int) -> list:
+        """Run steps first..first+count-1 on ``batches``; their losses as Python floats."""
+        if self.replicas > 1:  # each replica gets its share of every batch (axis 1)
+            shards = np.array_split(batches, self.replicas, axis=1)
+            batches = self.strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.convert_to_tensor(shards[ctx.replica_id_in_sync_group]))
+        else:
+            batches = tf.convert_to_tensor(batches)
+        losses = self.call(batches, tf.constant(count, tf.int32), tf.constant(seed, tf.int64),
+                           tf.constant(first, tf.int64))
+        return [float(v) for v in losses.numpy()[:count]]
+
+
+class TrainCheckpoint:
+    """Checkpoints of a run in ``directory``: the flow, the optimizer (its step counter drives the schedule), the
+    best weights and the :class:`RunState`, with ``tf.train.CheckpointManager`` (each checkpoint is complete
+    before the index points at it, so a kill at any moment leaves the previous one usable).
+
+    Under ``MultiWorkerMirroredStrategy`` only the chief keeps checkpoints; the other workers save to a temporary
+    directory deleted at once (every worker must call save) and resume from ``directory`` when they see it."""
+
+    def __init__(self, directory, flow: Flow, optimizer, best: "Checkpointer", keep: int, strategy):
+        self.state_var = tf.Variable("", dtype=tf.string, trainable=False, name="train_state")
+        self.ckpt = tf.train.Checkpoint(flow=flow, optimizer=optimizer, best=best.module, state=self.state_var)
+        self.flow, self.best = flow, best
+        self.chief = is_chief(strategy)
+        if self.chief:
+            self.manager = tf.train.CheckpointManager(self.ckpt, str(directory), max_to_keep=max(keep, 1))
+            latest = self.manager.latest_checkpoint
+        else:
+            self.manager = _WorkerCheckpoints(self.ckpt, max(keep, 1))
+            latest = tf.train.latest_checkpoint(str(directory))
+        if worker_task(strategy)[2] > 1:
+            _check_same_resume_step(strategy, latest)
+        self.latest = latest
+
+    def restore(self) -> RunState | None:
+        """The state of the latest checkpoint, with the variables restored; None when there is none."""
+        if not self.latest:
+            return None
+        self.ckpt.restore(self.latest).assert_existing_objects_matched()
+        state = RunState.from_json(self.state_var.numpy().decode())
+        self.best.saved = state.best_saved
+        state.history.resumed_from = state.step
+        state.history.checkpoint = self.latest if self.chief else ""
+        return state
+
+    def save(self, state: RunState) -> None:
+        if not _all_finite(self.flow.variables):
+            raise NonFiniteError(f"the weights are not finite at step {state.step}; {self.last_good(state)}; "
+                                     "try a lower learning_rate")
+        state.best_saved = self.best.saved
+        self.state_var.assign(state.to_json())
+        state.history.checkpoint = self.manager.save(checkpoint_number=state.step)
+
+    def last_good(self, state: RunState) -> str:
+        return _last_good(self.manager, state.history)
+
+
+def _steps_per_call(config: TrainConfig, batch_size: int, train) -> int:
+    row_bytes = np.dtype(train.dtype).itemsize * int(np.prod(train.shape[1:], dtype=np.int64))
+    per_call = config.steps_per_call or auto_steps_per_call(batch_size * row_bytes)
+    return max(1, min(per_call, config.steps))
+
+
+def _call_end(first: int, per_call: int, config: TrainConfig) -> int:
+    """The last step of the call starting at ``first``: it ends at an evaluation, a checkpoint or the end."""
+    last = min(first + per_call - 1, config.steps, -(-first // config.eval_every) * config.eval_every)
+    if config.checkpoint_every:
+        last = min(last, -(-first // config.checkpoint_every) * config.checkpoint_every)
+    return last
+
+
+def _validate(flow, val, config, transform, state: RunState, best: "Checkpointer", clock) -> tuple:
+    """Validation NLL (nats) at ``state.step``, recorded in the history with the time; best weights kept; patience
+    counted.  Returns (val_loss, seconds)."""
+    val_loss = -float(np.mean(mean_log_prob(flow, val, config.eval_batch_size, transform, config.seed + 1)))
+    now = clock()
+    h = state.history
+    h.step.append(state.step)
+    h.train_loss.append(state.running / state.count)
+    h.val_loss.append(val_loss)
+    h.seconds.append(now)
+    state.running, state.count = 0.0, 0
+    if math.isfinite(val_loss) and val_loss < h.best_val_loss:
+        h.best_val_loss, h.best_step = val_loss, state.step
+        best.save()
+        state.bad_evals = 0
+    else:
+        state.bad_evals += 1
+    return val_loss, now
+
+
 def fit(
     flow: Flow,
     train,
@@ -273,245 +512,103 @@ def fit(
     log: Callable[[str], None] = _progress,
     checkpoint_dir: str | os.PathLike | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    optimizer=None,
+    init_seed: int | None = None,
 ) -> History:
     """Train ``flow`` by maximum likelihood on ``train`` rows; validate on ``val`` every ``eval_every`` steps.
 
     Returns the :class:`History`; at the end the flow holds the weights of the best validation step.
 
-    * ``checkpoint_dir``: every ``config.checkpoint_every`` steps (0: at each evaluation) the flow, the optimizer
-      (its step counter drives the cosine schedule), the step, the running history and the best weights are
-      written there with ``tf.train.CheckpointManager`` (each checkpoint is complete before the index file points
-      at it, so a kill at any moment leaves the previous one usable). When the directory already holds a
-      checkpoint, training resumes from it and ends where the uninterrupted run would (batches are a pure
-      function of (seed, step), see :func:`batch_indices`; the per-step noise seeds are stateless).
+    * ``optimizer``: a Keras 2 optimizer (with its own learning-rate schedule); default
+      :func:`default_optimizer` (Adam, cosine annealing, global-norm clipping).
+    * ``init_seed``: when given, TensorFlow's global seed is set to it (:func:`set_seed`, process-wide) just before
+      the flow's variables are created; otherwise fit changes no process-wide state.
+    * ``checkpoint_dir``: every ``config.checkpoint_every`` steps (0: at each evaluation) a :class:`TrainCheckpoint`
+      is written there; when the directory already holds one, training resumes from it and ends where the
+      uninterrupted run would (batches are a pure function of (seed, step), see :func:`batch_indices`; the
+      per-step noise seeds are stateless).
     * A NaN or Inf loss (or non-finite weights when a checkpoint is due) raises ``FloatingPointError`` naming the
       step and the last good checkpoint, which is kept.
     * ``strategy``: the ``tf.distribute`` strategy the flow's variables were created under (default: the current
-      one, i.e. the default strategy: one device). Under ``MirroredStrategy`` each batch is split over the
-      replicas and the gradients are summed; the loss is ``-sum(log p) / global_batch`` in every case.
-      Under ``MultiWorkerMirroredStrategy`` (see :func:`pick_strategy`) every worker draws the same global batch
-      (:func:`batch_indices`) and feeds only its own replicas' shares; each worker evaluates the whole validation
-      set on its (identical) copy of the weights, so every worker takes the same decisions (best step, early
-      stop). Only the chief (:func:`is_chief`) keeps checkpoints in ``checkpoint_dir``; the other workers save to a
-      temporary directory that is deleted at once, and resume from ``checkpoint_dir`` when they can see it (a
-      shared file system): a resume where the workers would start from different steps is refused.
+      one). Under ``MirroredStrategy`` each batch is split over the replicas and the gradients are summed; the loss
+      is ``-sum(log p) / global_batch`` in every case. Under ``MultiWorkerMirroredStrategy`` (:func:`pick_strategy`)
+      every worker draws the same global batch and feeds its own replicas' shares, and evaluates the whole
+      validation set on its (identical) weights, so every worker takes the same decisions; only the chief
+      (:func:`is_chief`) keeps checkpoints.
     * ``config.mixed_precision``: the loss is scaled dynamically (``LossScaleOptimizer``) so float16 gradients do
-      not underflow. Which ops run in float16 is decided when the flow is built (Keras' global policy
-      ``mixed_float16``, set by the caller); log-densities, log-determinants, the loss and all variables stay
-      float32.
-    * ``config.steps_per_call``: one compiled call runs up to this many steps in a loop inside the graph (one
-      Python round trip per call instead of per step; calls end at every evaluation and checkpoint, so results,
-      progress lines and resumes are the same as with 1). 0 picks :func:`auto_steps_per_call` (up to 32 steps,
-      at most about 16 MB of batches). With several replicas it is 1.
-    * ``config.jit_compile``: XLA compiles the whole call with one replica (loss, gradients, clipping, the Adam
-      update and the loop), and the loss-and-gradient function with several replicas.
+      not underflow; which ops run in float16 is decided when the flow is built (Keras' global policy).
+    * ``config.steps_per_call``: one compiled call runs up to this many steps (:class:`TrainCall`); calls end at
+      every evaluation and checkpoint, so results, progress lines and resumes are the same as with 1. 0 picks
+      :func:`auto_steps_per_call`. ``config.jit_compile``: XLA (see :class:`TrainCall`).
     """
-    import tf_keras as keras  # Keras 2, the one TFP 0.25 is built on
+    import tf_keras as keras
 
-    if config.steps <= 0 or config.batch_size <= 0:
-        raise ValueError(f"steps and batch_size must be positive, got {config.steps} and {config.batch_size}")
-    if config.steps_per_call < 0:
-        raise ValueError(f"steps_per_call must be >= 0 (0 = automatic), got {config.steps_per_call}")
-    if config.checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be >= 0 (0 = at each evaluation), got {config.checkpoint_every}")
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
     transform = transform or _identity_transform
-    rng = np.random.default_rng(config.seed)
-    tf.random.set_seed(config.seed)
-    n = len(train)
+    n, replicas = len(train), strategy.num_replicas_in_sync
     batch_size = min(config.batch_size, n)
     if batch_size < replicas:
         raise ValueError(f"batch_size {batch_size} is smaller than the number of replicas {replicas}")
     val = val[: config.max_val]
-
-    first = tf.convert_to_tensor(np.asarray(train[rng.choice(n, size=min(n, 1024), replace=False)]))
-    y0, _ = transform(first, tf.constant([config.seed, -1], tf.int64))
+    if init_seed is not None:
+        set_seed(init_seed)
+    first = np.asarray(train[np.random.default_rng(config.seed).choice(n, size=min(n, 1024), replace=False)])
+    y0, _ = transform(tf.convert_to_tensor(first), tf.constant([config.seed, -1], tf.int64))
     with strategy.scope():
         flow.initialize(y0)
-        variables = flow.trainable_variables
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.steps)
-        optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=config.clip_norm or None)
+        optimizer = optimizer or default_optimizer(config)
         if config.mixed_precision:
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-        optimizer.build(variables)  # slots exist now, so a checkpoint restores into them at once
-
-    def loss_and_grads(batch, seed):
-        with tf.GradientTape() as tape:
-            y, ldj = transform(batch, seed)
-            lp = flow.log_prob(y, training=True) + tf.cast(ldj, flow.dtype)  # in the flow's dtype, no downcast
-            loss = -tf.reduce_sum(lp) / tf.cast(batch_size, flow.dtype)  # this replica's share of the mean
-            scaled = optimizer.get_scaled_loss(loss) if config.mixed_precision else loss
-        grads = tape.gradient(scaled, variables)
-        if config.mixed_precision:
-            grads = optimizer.get_unscaled_gradients(grads)
-        return loss, grads
-
-    grad_fn = tf.function(loss_and_grads, jit_compile=config.jit_compile or None, reduce_retracing=True)
-
-    def replica_step(batch, seed):
-        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = tf.stack([seed[0], seed[1] * replicas + tf.cast(rid, tf.int64)])  # = seed with one replica
-        loss, grads = grad_fn(batch, seed)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    @tf.function(reduce_retracing=True)
-    def train_step(batch, seed):
-        losses = strategy.run(replica_step, args=(batch, seed))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
-
-    row_shape, row_dtype = tuple(train.shape[1:]), np.dtype(train.dtype)
-    row_bytes = row_dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-    per_call = 1 if replicas > 1 else (config.steps_per_call or auto_steps_per_call(batch_size * row_bytes))
-    per_call = max(1, min(per_call, config.steps))
-    # one call's batches, gathered in place; rows past a short call's count are stale and never read
-    batches = np.zeros((per_call, batch_size) + row_shape, row_dtype) if replicas == 1 else None
-
-    def train_loop(batches, count, seed, first_step):
-        # `count` (<= per_call) steps on batches[0..count-1]; the batches tensor always has per_call rows, so the
-        # function (and XLA's compilation) sees one shape; returns the per_call losses, zeros after `count`
-        def body(i, losses):
-            step_seed = tf.stack([seed, first_step + tf.cast(i, tf.int64)])
-            loss, grads = loss_and_grads(batches[i], step_seed)
-            optimizer.apply_gradients(zip(grads, variables))
-            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [loss])
-
-        losses = tf.zeros([per_call], flow.dtype)
-        return tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), losses))[1]
-
-    train_loop = tf.function(train_loop, jit_compile=config.jit_compile or None)
-
-    def run_steps(first, last):
-        """Train steps first..last (1-based, inclusive); returns their losses as Python floats."""
-        if replicas > 1:
-            rows = np.asarray(train[batch_indices(n, batch_size, config.seed, first)])
-            return [float(train_step(distribute(rows), tf.constant([config.seed, first], tf.int64)))]
-        count = last - first + 1
-        for j in range(count):
-            batches[j] = train[batch_indices(n, batch_size, config.seed, first + j)]
-        losses = train_loop(tf.convert_to_tensor(batches), tf.constant(count, tf.int32),
-                            tf.constant(config.seed, tf.int64), tf.constant(first, tf.int64))
-        return [float(v) for v in losses.numpy()[:count]]
-
-    def call_end(first):
-        """The last step of the call starting at ``first``: it ends at an evaluation, a checkpoint or the end."""
-        last = min(first + per_call - 1, config.steps, -(-first // config.eval_every) * config.eval_every)
-        if config.checkpoint_every:
-            last = min(last, -(-first // config.checkpoint_every) * config.checkpoint_every)
-        return last
-
-    def distribute(rows):
-        if replicas == 1:
-            return tf.convert_to_tensor(rows)
-        shards = np.array_split(rows, replicas)
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.convert_to_tensor(shards[ctx.replica_id_in_sync_group])
-        )
-
-    history = History()
+        optimizer.build(flow.trainable_variables)  # slots exist now, so a checkpoint restores into them at once
+    per_call = _steps_per_call(config, batch_size, train)
+    step_fn = TrainCall(flow, optimizer, transform, strategy, batch_size, per_call, config.jit_compile,
+                        config.mixed_precision)
+    batches = BatchSource(train, batch_size, config.seed, per_call)
     best = Checkpointer(flow)
-    state = {"bad_evals": 0, "running": 0.0, "count": 0, "elapsed": 0.0, "finished": False}
-    manager = None
-    _, _, workers = worker_task(strategy)
-    chief = is_chief(strategy)
-    if checkpoint_dir is not None:
-        state_var = tf.Variable("", dtype=tf.string, trainable=False, name="train_state")
-        ckpt = tf.train.Checkpoint(flow=flow, optimizer=optimizer, best=best.module, state=state_var)
-        keep = max(config.keep_checkpoints, 1)
-        if chief:
-            manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=keep)
-            latest = manager.latest_checkpoint
-        else:
-            # another worker of a multi-worker run: it resumes from the chief's checkpoint when it can see it (a
-            # shared file system), and writes its own to a temporary directory deleted after each save
-            manager = _WorkerCheckpoints(ckpt, keep)
-            latest = tf.train.latest_checkpoint(str(checkpoint_dir))
-        if workers > 1:
-            _check_same_resume_step(strategy, latest)
-        if latest:
-            ckpt.restore(latest).assert_existing_objects_matched()
-            saved = json.loads(state_var.numpy().decode())
-            state.update(saved["state"])
-            history = History(**saved["history"])
-            best.saved = saved["best_saved"]
-            history.resumed_from = saved["step"]
-            history.checkpoint = latest if chief else ""
-            log(f"resumed from {latest} at step {saved['step']}/{config.steps}")
-
-    def write_checkpoint(step):
-        if manager is None:
-            return
-        if not _all_finite(flow.variables):
-            raise FloatingPointError(
-                f"the weights are not finite at step {step}; {_last_good(manager, history)}; try a lower learning_rate"
-            )
-        state["elapsed"] = elapsed()
-        payload = {"step": step, "state": state, "best_saved": best.saved,
-                   "history": {k: v for k, v in history.__dict__.items()}}
-        state_var.assign(json.dumps(payload))
-        history.checkpoint = manager.save(checkpoint_number=step)
-
-    start = time.perf_counter()
-    base_elapsed = state["elapsed"]
-
-    def elapsed():
-        return base_elapsed + time.perf_counter() - start
-
-    step = history.resumed_from
-    last_log, last_step = elapsed(), step
-    finished = state["finished"]
-    while not finished and step < config.steps:
-        first, last = step + 1, call_end(step + 1)
-        for step, loss in enumerate(run_steps(first, last), start=first):
+    ckpt = None if checkpoint_dir is None else TrainCheckpoint(checkpoint_dir, flow, optimizer, best,
+                                                               config.keep_checkpoints, strategy)
+    state = (ckpt and ckpt.restore()) or RunState()
+    if state.step:
+        log(f"resumed from {ckpt.latest} at step {state.step}/{config.steps}")
+    clock, last_log = _Clock(state.elapsed), (state.elapsed, state.step)
+    while not state.finished and state.step < config.steps:
+        start, last = state.step + 1, _call_end(state.step + 1, per_call, config)
+        for step, loss in enumerate(step_fn(batches.fill(start, last - start + 1), last - start + 1, config.seed,
+                                            start), start=start):
             if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss is {loss} at step {step}; {_last_good(manager, history)}; try a lower "
-                    "learning_rate"
-                )
-            state["running"] += loss
-            state["count"] += 1
-        evaluated = step % config.eval_every == 0 or step == config.steps
+                raise NonFiniteError(f"training loss is {loss} at step {step}; "
+                                         f"{_last_good(ckpt and ckpt.manager, state.history)}; try a lower learning_rate")
+            state.running, state.count, state.step = state.running + loss, state.count + 1, step
+        evaluated = state.step % config.eval_every == 0 or state.step == config.steps
         if evaluated:
-            val_loss = -float(np.mean(mean_log_prob(flow, val, config.eval_batch_size, transform, config.seed + 1)))
-            now = elapsed()
-            history.step.append(step)
-            history.train_loss.append(state["running"] / state["count"])
-            history.val_loss.append(val_loss)
-            history.seconds.append(now)
-            state["running"], state["count"] = 0.0, 0
-            if math.isfinite(val_loss) and val_loss < history.best_val_loss:
-                history.best_val_loss, history.best_step = val_loss, step
-                best.save()
-                state["bad_evals"] = 0
-            else:
-                state["bad_evals"] += 1
-            rate = (step - last_step) / max(now - last_log, 1e-9)
-            last_log, last_step = now, step
-            eta = (config.steps - step) / max(rate, 1e-9)
-            log(
-                f"step {step}/{config.steps}  train_nll {history.train_loss[-1]:.4f}  val_nll {val_loss:.4f} nats  "
-                f"{rate:.1f} steps/s  eta {eta:.0f}s"
-            )
+            val_loss, now = _validate(flow, val, config, transform, state, best, clock)
+            rate = (state.step - last_log[1]) / max(now - last_log[0], 1e-9)
+            last_log = (now, state.step)
+            log(f"step {state.step}/{config.steps}  train_nll {state.history.train_loss[-1]:.4f}  val_nll "
+                f"{val_loss:.4f} nats  {rate:.1f} steps/s  eta {(config.steps - state.step) / max(rate, 1e-9):.0f}s")
             if on_eval is not None:
-                on_eval(step, history.train_loss[-1], val_loss)
-            if config.patience and state["bad_evals"] >= config.patience:
-                history.stopped_early = True
-                finished = state["finished"] = True
-                log(f"early stop at step {step}: no validation improvement in {config.patience} evaluations")
-        due = evaluated if config.checkpoint_every == 0 else step % config.checkpoint_every == 0
-        if finished or step == config.steps:
-            state["finished"] = True
-            write_checkpoint(step)
-            break
-        if due:
-            write_checkpoint(step)
-    history.steps_done = step
-    history.train_seconds = elapsed()
+                on_eval(state.step, state.history.train_loss[-1], val_loss)
+            if config.patience and state.bad_evals >= config.patience:
+                state.history.stopped_early = state.finished = True
+                log(f"early stop at step {state.step}: no validation improvement in {config.patience} evaluations")
+        state.finished = state.finished or state.step == config.steps
+        due = evaluated if config.checkpoint_every == 0 else state.step % config.checkpoint_every == 0
+        if ckpt is not None and (due or state.finished):
+            state.elapsed = clock()
+            ckpt.save(state)
+    state.history.steps_done, state.history.train_seconds = state.step, clock()
     best.restore()
-    return history
+    return state.history
+
+
+class _Clock:
+    """Seconds of training: those of earlier processes (a resumed run) plus this one's."""
+
+    def __init__(self, before: float = 0.0):
+        self.before, self.start = before, time.perf_counter()
+
+    def __call__(self) -> float:
+        return self.before + time.perf_counter() - self.start
 
 
 class _WorkerCheckpoints:

@@ -264,34 +264,14 @@ def fit_energy(name: str, flow_name: str = "planar", num_layers: int = 16, steps
                learning_rate: float = 1e-2, anneal_steps: int = 0, seed: int = 0, wall: float | None = 4.0):
     """Reverse-KL fit of a planar / radial q to exp(-U - W) (see :func:`confined_energy`); returns (q, losses).
 
-    Minimises E_q[log q(x) + beta_t (U + W)(x)] with Adam, beta_t = min(1, 0.01 + t / anneal_steps) when
-    ``anneal_steps > 0`` (the paper's annealing), else 1; ``losses[t]`` is the un-annealed
-    E_q[log q + U + W] = KL(q || p) - log Z in nats on step t's batch.  Same loop as
-    :func:`flows.energies.fit_reverse_kl`, with the wall.
+    :func:`flows.energies.fit_reverse_kl` with the walled target: Adam on E_q[log q(x) + beta_t (U + W)(x)],
+    beta_t = min(1, 0.01 + t / anneal_steps) when ``anneal_steps > 0`` (the paper's annealing), else 1;
+    ``losses[t]`` is the un-annealed E_q[log q + U + W] = KL(q || p) - log Z in nats on step t's batch.
     """
-    import tensorflow as tf
-    import tf_keras as keras
+    from .energies import fit_reverse_kl
 
-    from .energies import VariationalFlow
-
-    U = confined_energy(name, wall)
-    tf.random.set_seed(seed)
-    q = VariationalFlow(flow_name, num_layers, dim=2)
-    opt = keras.optimizers.Adam(learning_rate)
-    variables = q.trainable_variables
-
-    @tf.function
-    def step(beta):
-        with tf.GradientTape() as tape:
-            x, log_q = q.sample_and_log_prob(batch_size)
-            u = U(x)
-            loss = tf.reduce_mean(log_q + beta * u)
-        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return tf.reduce_mean(log_q + u)
-
-    losses = [float(step(tf.constant(1.0 if anneal_steps <= 0 else min(1.0, 0.01 + t / anneal_steps), q.dtype)))
-              for t in range(int(steps))]
-    return q, np.asarray(losses)
+    return fit_reverse_kl(confined_energy(name, wall), flow_name, num_layers, steps, batch_size, learning_rate,
+                          anneal_steps, seed)
 
 
 def log_normaliser(name: str, wall: float | None = 4.0, lim: float = 6.0, n: int = 1201) -> float:

@@ -11,7 +11,6 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
 
-#: training settings accepted under datasets.<name>.train, with their types and lower bounds
-TRAIN_KEYS: dict[str, tuple[type, float | None]] = {
-    "steps": (int, 1),
-    "batch_size": (int, 1),
-    "learning_rate": (float, 0.0),
-    "eval_every": (int, 1),
-    "eval_batch_size": (int, 1),
-    "clip_norm": (float, 0.0),
-    "patience": (int, 0),
-    "max_val": (int, 1),
-    "logit_alpha": (float, 0.0),
-    "checkpoint_every": (int, 0),
-    "keep_checkpoints": (int, 1),
-    "jit_compile": (bool, None),
-    "steps_per_call": (int, 0),
-    "mixed_precision": (bool, None),
-    "deterministic": (bool, None),
-}
 TOP_KEYS = {"seed", "flow", "dataset", "grid", "flows", "datasets", "data", "figures"}
-FIGURE_KEYS = {"energy_layers": 16, "energy_steps": 500}
 
 
 class ParamsError(ValueError):
@@ -51,12 +31,12 @@ class StageError(RuntimeError):
 
 
 def _expected_errors() -> tuple[type, ...]:
-    """The exceptions that mean bad input rather than a bug: reported in one line, without a traceback."""
-    errors = [ParamsError, StageError, OSError, ValueError, TypeError, FloatingPointError]
-    downloader = sys.modules.get("flows.datasets.downloader")  # imported by every stage that downloads
-    if downloader is not None:
-        errors.append(downloader.DownloadError)
-    return tuple(errors)
+    """The exceptions that mean bad input rather than a bug: the project's own error types and ``OSError``,
+    reported in one line without a traceback.  Anything else (a bug in flows/, TensorFlow, Keras) keeps its
+    traceback and a non-zero exit."""
+    from flows.errors import FlowsError
+
+    return (ParamsError, StageError, FlowsError, OSError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -79,14 +59,6 @@ def run_main(main):
 
 
 # --------------------------------------------------------------------------------------------- params
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
-
-
 def _fail(key: str, value: Any, expected: str, file: str = PARAMS_FILE):
     raise ParamsError(f"{file}: {key} = {value!r} is invalid: {expected}")
 
@@ -95,179 +67,107 @@ def _accepted(names) -> str:
     return ", ".join(sorted(names))
 
 
-def load_params(path: str | os.PathLike | None = None) -> dict:
-    """Read and validate params.yaml; returns the dict with every section completed by the defaults."""
-    import flows
-    import flows.datasets as fd
-    from flows._options import size_problem
+#: the overview stage's settings (params.yaml ``figures``)
+FIGURES = {"energy_layers": 16, "energy_steps": 500}
 
+
+def load_params(path: str | os.PathLike | None = None) -> dict:
+    """Read and validate params.yaml; returns the dict with every section completed by the defaults.
+
+    Every section is checked by the one validator, :func:`flows.options.check_options`, against its schema:
+    ``flows.<name>`` by the flow's registered options, ``datasets.<name>.data`` by the data set's,
+    ``datasets.<name>.train`` and each ``overrides.<flow>.train`` by :class:`flows.training.TrainConfig`, and
+    ``overrides.<flow>.hparams`` by the options of the form of the flow that data set uses; every grid cell is
+    resolved once, so a bad combination fails here, before any work.
+    """
     path = Path(path) if path else Path.cwd() / PARAMS_FILE
-    name = path.name
     if not path.exists():
         raise StageError(f"{path} not found: run the stage from the repository root")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{name}: not valid YAML ({' '.join(str(exc).split())})") from None
+        raise ParamsError(f"{path.name}: not valid YAML ({' '.join(str(exc).split())})") from None
+    from flows.errors import OptionsError
+
+    try:
+        return _checked(raw)
+    except OptionsError as exc:
+        raise ParamsError(f"{path.name}: {exc}") from None
+
+
+def _checked(raw) -> dict:
+    import flows
+    import flows.datasets as fd
+    import numpy as np
+
+    from flows.experiment import cell_settings, model_kind
+    from flows.options import Option, OptionsError, check_options
+
     if not isinstance(raw, dict):
-        _fail("<top level>", raw, "a mapping of sections", name)
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ParamsError(f"{name}: unknown key {key!r}; accepted: {_accepted(TOP_KEYS)}")
-
-    seed = raw.get("seed", 0)
-    if not _is_int(seed) or seed < 0:
-        _fail("seed", seed, "a non-negative integer", name)
-
-    flow_names, ds_names = set(flows.FLOWS), set(fd.DATASETS)
-
-    def check_flow(key, value):
-        if not isinstance(value, str) or value not in flow_names:
-            _fail(key, value, f"accepted flows: {_accepted(flow_names)}", name)
-
-    def check_dataset(key, value):
-        if not isinstance(value, str) or value not in ds_names:
-            _fail(key, value, f"accepted datasets: {_accepted(ds_names)}", name)
-
-    check_flow("flow", raw.get("flow"))
-    check_dataset("dataset", raw.get("dataset"))
-
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict) or set(grid) - {"flows", "datasets"}:
-        _fail("grid", grid, "a mapping with keys flows and datasets (lists of names)", name)
-    for sub, check in (("flows", check_flow), ("datasets", check_dataset)):
-        items = grid.get(sub, [])
-        if not isinstance(items, list) or not items:
-            _fail(f"grid.{sub}", items, "a non-empty list of names", name)
+        raise OptionsError(f"<top level> = {raw!r} is invalid: a mapping of sections")
+    top = check_options({"seed": 0, "flow": "", "dataset": "", "grid": {}, "flows": {}, "datasets": {}, "data": {},
+                         "figures": {}}, raw, "")
+    for key in ("flow", "dataset"):  # the messages the README shows: "flow = 'nope' is invalid: accepted flows: ..."
+        if raw.get(key) not in (fd.DATASETS if key == "dataset" else flows.FLOWS):
+            names = fd.DATASETS if key == "dataset" else flows.FLOWS
+            raise OptionsError(f"{key} = {raw.get(key)!r} is invalid: accepted {key}s: {_accepted(names)}")
+    seed = check_options({"seed": Option(0, low=0)}, {"seed": raw.get("seed", 0)}, "")["seed"]
+    grid = check_options({"flows": Option([], min_len=1, doc="names"), "datasets": Option([], min_len=1, doc="names")},
+                         top["grid"], "grid")
+    for sub, names in (("flows", flows.FLOWS), ("datasets", fd.DATASETS)):
+        items = grid[sub]
         if len(set(items)) != len(items):
-            _fail(f"grid.{sub}", items, "names must not repeat", name)
+            raise OptionsError(f"grid.{sub} = {items!r} is invalid: names must not repeat")
         for i, item in enumerate(items):
-            check(f"grid.{sub}[{i}]", item)
-
-    flow_sections = raw.get("flows") or {}
-    if not isinstance(flow_sections, dict):
-        _fail("flows", flow_sections, "a mapping flow name -> hyper-parameters", name)
-    full_flows = {}
-    for fname, hp in flow_sections.items():
-        if fname not in flow_names:
-            check_flow(f"flows.{fname}", fname)
-        if hp is not None and not isinstance(hp, dict):
-            _fail(f"flows.{fname}", hp, "a mapping of hyper-parameters", name)
-        try:
-            full_flows[fname] = flows.check_hparams(fname, hp or {}, where=f"{name}: flows.{fname}")
-        except ValueError as exc:
-            raise ParamsError(str(exc)) from None
-    for fname in flow_names:
-        full_flows.setdefault(fname, flows.check_hparams(fname, {}))
-
-    ds_sections = raw.get("datasets") or {}
-    if not isinstance(ds_sections, dict):
-        _fail("datasets", ds_sections, "a mapping dataset name -> {data, train}", name)
+            if item not in names:
+                raise OptionsError(f"grid.{sub}[{i}] = {item!r} is invalid: accepted {sub}: {_accepted(names)}")
+    flow_sections = check_options({n: Option({}, nullable=True) for n in flows.FLOWS}, top["flows"], "flows")
+    full_flows = {n: flows.check_hparams(n, hp, where=f"flows.{n}") for n, hp in flow_sections.items()}
+    ds_sections = check_options({n: Option({}, nullable=True) for n in fd.DATASETS}, top["datasets"], "datasets")
     full_ds = {}
-    for dname in ds_names | set(ds_sections):
-        section = ds_sections.get(dname) or {}
+    for dname, section in ds_sections.items():
         key = f"datasets.{dname}"
-        if dname not in ds_names:
-            _fail(key, dname, f"accepted datasets: {_accepted(ds_names)}", name)
-        allowed = {"data", "train", "overrides"}
-        if not isinstance(section, dict) or set(section) - allowed:
-            bad = sorted(set(section) - allowed) if isinstance(section, dict) else section
-            _fail(key, bad, "a mapping with keys data (preparation), train (training settings) and "
-                  "overrides (per-flow hparams/train)", name)
-        try:
-            data = fd.check_params(dname, section.get("data") or {})
-        except ValueError as exc:
-            raise ParamsError(f"{name}: {key}.data: {' '.join(str(exc).split())}") from None
-        for k, v in (section.get("data") or {}).items():  # sizes (n_train, ...): positive
-            problem = size_problem(k, fd.DATASETS[dname].defaults[k], v)
-            if problem:
-                _fail(f"{key}.data.{k}", v, problem, name)
-        train = check_train(section.get("train") or {}, f"{key}.train", name)
-        overrides = section.get("overrides") or {}
-        if not isinstance(overrides, dict):
-            _fail(f"{key}.overrides", overrides, "a mapping flow name -> {hparams, train}", name)
-        full_over = {}
+        from flows.training import TrainConfig
+
+        for part, schema in (("data", fd.schema(dname)), ("train", TrainConfig.schema()), ("overrides", flows.FLOWS)):
+            if isinstance(section, dict) and part in section and section[part] is None:  # null: refused, not defaulted
+                check_options(schema, None, f"{key}.{part}", allow_none=False)
+        parts = check_options({"data": {}, "train": {}, "overrides": {}}, section, key)
+        overrides = check_options({n: Option({}) for n in flows.FLOWS}, parts["overrides"], f"{key}.overrides")
+        kind = fd.DATASETS[dname].kind
         for fname, over in overrides.items():
             okey = f"{key}.overrides.{fname}"
-            if fname not in flow_names:
-                _fail(okey, fname, f"accepted flows: {_accepted(flow_names)}", name)
-            if not isinstance(over, dict) or set(over) - {"hparams", "train"}:
-                _fail(okey, over, "a mapping with keys hparams and train", name)
-            try:
-                flows.check_hparams(fname, over.get("hparams") or {}, where=f"{name}: {okey}.hparams")
-            except ValueError as exc:
-                raise ParamsError(str(exc)) from None
-            check_train(over.get("train") or {}, f"{okey}.train", name)
-            full_over[fname] = {"hparams": dict(over.get("hparams") or {}), "train": dict(over.get("train") or {})}
-        full_ds[dname] = {"data": data, "train": train, "overrides": full_over}
-
-    data = raw.get("data") or {}
-    if not isinstance(data, dict) or set(data) - {"mirror"}:
-        _fail("data", data, "a mapping with the key mirror (a directory or URL, or empty)", name)
-    mirror = data.get("mirror") or ""
-    if not isinstance(mirror, str):
-        _fail("data.mirror", mirror, "a directory path or URL string (empty for none)", name)
-
-    figures = raw.get("figures") or {}
-    if not isinstance(figures, dict):
-        _fail("figures", figures, f"a mapping with keys {_accepted(FIGURE_KEYS)}", name)
-    for k, v in figures.items():
-        if k not in FIGURE_KEYS:
-            raise ParamsError(f"{name}: figures has no setting {k!r}; accepted: {_accepted(FIGURE_KEYS)}")
-        if not _is_int(v) or v < 1:
-            _fail(f"figures.{k}", v, "a positive integer", name)
-
-    return {
-        "seed": seed,
-        "figures": {**FIGURE_KEYS, **figures},
-        "flow": raw["flow"],
-        "dataset": raw["dataset"],
-        "grid": {"flows": list(grid["flows"]), "datasets": list(grid["datasets"])},
-        "flows": full_flows,
-        "datasets": full_ds,
-        "data": {"mirror": mirror},
-    }
+            over = check_options({"hparams": {}, "train": {}}, over, okey)
+            cell_settings(full_flows, {"train": {}, "overrides": {fname: over}}, fname, kind,
+                          where=f"{okey}.hparams")
+        full_ds[dname] = {"data": fd.check_params(dname, parts["data"], f"{key}.data"),
+                          "train": dict(parts["train"]),
+                          "overrides": {f: {"hparams": dict(o.get("hparams") or {}), "train": dict(o.get("train") or {})}
+                                        for f, o in overrides.items() if o}}
+        TrainConfig.from_options(parts["train"], f"{key}.train")
+        for fname, o in full_ds[dname]["overrides"].items():
+            TrainConfig.from_options(o["train"], f"{key}.overrides.{fname}.train")
+    data = check_options({"mirror": Option("", doc="a directory or URL, or empty")}, top["data"], "data")
+    figures = check_options({k: Option(v, low=1) for k, v in FIGURES.items()}, top["figures"], "figures")
+    params = {"seed": seed, "figures": figures, "flow": raw["flow"], "dataset": raw["dataset"],
+              "grid": {"flows": list(grid["flows"]), "datasets": list(grid["datasets"])},
+              "flows": full_flows, "datasets": full_ds, "data": data}
+    for f in grid["flows"]:  # every cell of the table resolves (its form's options, its data set's overrides)
+        for d in grid["datasets"]:
+            spec = fd.DATASETS[d]
+            hparams, _ = cell_settings(full_flows, full_ds[d], f, spec.kind, seed)
+            image = model_kind(f, spec.kind) == "image"
+            shape = spec.event_shape if image else [int(np.prod(spec.event_shape))]
+            flows.registry.check_size(f, shape, hparams, where=f"flows.{f} (on {d})")
+    return params
 
 
-def check_train(section: dict, key: str, file: str = PARAMS_FILE) -> dict:
-    """Validate a datasets.<name>.train section against :data:`TRAIN_KEYS`; returns it with defaults filled."""
-    from flows.training import TrainConfig
+def cell_settings(params: dict, flow: str, dataset: str):
+    """(hyper-parameters, :class:`flows.training.TrainConfig`) of one cell (see :func:`flows.experiment.cell_settings`)."""
+    import flows.datasets as fd
+    from flows.experiment import cell_settings as resolve
 
-    if not isinstance(section, dict):
-        _fail(key, section, "a mapping of training settings", file)
-    out = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
-    out["logit_alpha"] = 1e-6
-    for k, v in section.items():
-        if k not in TRAIN_KEYS:
-            raise ParamsError(f"{file}: {key} has no setting {k!r}; accepted: {_accepted(TRAIN_KEYS)}")
-        typ, low = TRAIN_KEYS[k]
-        if typ is bool:
-            if not isinstance(v, bool):
-                _fail(f"{key}.{k}", v, "true or false", file)
-        elif typ is int:
-            if not _is_int(v) or v < low:
-                _fail(f"{key}.{k}", v, f"an integer >= {low}" if low else "a non-negative integer", file)
-        else:
-            if not _is_num(v) or v < low or (k in ("learning_rate",) and v <= 0):
-                _fail(f"{key}.{k}", v, "a positive number" if k == "learning_rate" else f"a number >= {low}", file)
-            if k == "logit_alpha" and not v < 0.5:
-                _fail(f"{key}.{k}", v, "a number in [0, 0.5)", file)
-            v = float(v)
-        out[k] = v
-    return out
-
-
-def cell_settings(params: dict, flow: str, dataset: str) -> tuple[dict, dict]:
-    """(hyper-parameters, training settings) of one cell: the flow's and the data set's sections, with the data
-    set's ``overrides.<flow>`` on top (paper-scale architectures differ per data set)."""
-    import flows
-
-    ds = params["datasets"][dataset]
-    over = ds["overrides"].get(flow, {})
-    hparams = flows.check_hparams(flow, {**params["flows"][flow], **over.get("hparams", {})})
-    train = {**ds["train"], **over.get("train", {})}
-    return hparams, train
+    return resolve(params["flows"], params["datasets"][dataset], flow, fd.DATASETS[dataset].kind, params["seed"])
 
 
 # --------------------------------------------------------------------------------------------- paths
@@ -390,3 +290,41 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def prepare_checkpoints(path: Path, fingerprint: dict) -> str | None:
+    """Keep ``path`` only if it was written by a run with the same ``fingerprint``; returns the checkpoint that
+    training will resume from (None: a fresh start)."""
+    import tensorflow as tf
+
+    reset_unless_stamped(path, path / "fingerprint.json", fingerprint, "checkpoints written")
+    return tf.train.latest_checkpoint(str(path))
+
+
+def worker_resume_dir(path: Path, fingerprint: dict) -> str:
+    """A non-chief worker's view of the chief's checkpoint directory, read-only: ``path`` when it holds a stamp
+    of the same settings (a shared file system), otherwise a new empty temporary directory (a fresh start)."""
+    if is_stamped(path / "fingerprint.json", fingerprint):
+        return str(path)
+    return tempfile.mkdtemp(prefix="flows-worker-resume-")
+
+
+def data_fingerprint(dataset) -> str:
+    import hashlib
+
+    manifest = processed_dir(dataset) / "manifest.json"
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
+
+
+def write_history(path, history) -> None:
+    """The learning curve (nats per example) as CSV: step, train_loss, val_loss, seconds."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "train_loss", "val_loss", "seconds"])
+    writer.writeheader()
+    writer.writerows(history.rows())
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())

@@ -61,7 +61,7 @@ def load_cells(params, models_dir: Path, datasets):
             model_dir = models_dir / cell_name(f, d)
             if not (model_dir / "config.json").exists():
                 raise StageError(f"{model_dir} is missing: train it first (dvc repro train@{cell_name(f, d)})")
-            cells[(f, d)] = restore(model_dir, splits)[0]
+            cells[(f, d)] = restore(model_dir)[0]
     return cells, tests
 
 

@@ -1,5 +1,5 @@
 """Stage prepare@<dataset>: preprocess data/raw/<dataset> into data/processed/<dataset>/ (train/val/test .npy
-and manifest.json), exactly as the papers did (see flows.datasets and ../shared/reference/benchmarks.md)."""
+and manifest.json), exactly as the papers did (see flows.datasets and docs/benchmarks.md)."""
 
 from __future__ import annotations
 

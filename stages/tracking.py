@@ -167,3 +167,27 @@ class Run:
     @property
     def uri(self) -> str:
         return tracking_uri()
+
+
+def device_name(strategy=None) -> str:
+    """The devices a training run uses, in words (the MLflow tag ``device``)."""
+    import platform
+
+    import tensorflow as tf
+
+    from flows.training import worker_task
+
+    gpus = tf.config.list_logical_devices("GPU")
+    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        local = f"{len(gpus)} GPUs" if gpus else cpu
+        return (f"{strategy.num_replicas_in_sync} replicas (MultiWorkerMirroredStrategy, "
+                f"{worker_task(strategy)[2]} workers; chief: {local})")
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return f"{strategy.num_replicas_in_sync} GPUs ({type(strategy).__name__}: {', '.join(g.name for g in gpus)})"
+    return gpus[0].name if gpus else cpu
+
+
+def stage_name(default: str) -> str:
+    """The DVC stage running this process (``$DVC_STAGE``), else ``default``."""
+    return os.environ.get("DVC_STAGE") or default

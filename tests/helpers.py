@@ -69,7 +69,8 @@ def tiny_moons(params: dict, flows=("maf",), steps: int = 40, eval_every: int = 
     params["grid"] = {"flows": list(flows), "datasets": ["moons"]}
     params["flow"], params["dataset"] = flows[0], "moons"
     for flow in flows:
-        params["flows"][flow] = {"num_layers": 2, "hidden_units": [16, 16]}
+        hp = {"num_layers": 2, "hidden_units": [16, 16]}
+        params["flows"][flow] = {"vector": hp} if flow in ("realnvp", "glow") else hp  # two-form flows: vector:
     params["datasets"] = {"moons": {"data": {"n_train": 2000, "n_val": 500, "n_test": 1000},
                                     "train": {"steps": steps, "batch_size": 128, "eval_every": eval_every, **train}}}
     return params

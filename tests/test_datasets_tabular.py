@@ -203,7 +203,7 @@ def test_raw_uci_paths(server, maf_archive, tmp_path):  # noqa: F811
     assert keep == [i for i in range(27) if not 20 <= i <= 25]
     sig_te = src["hep_test"][src["hep_test"][:, 0] == 1][:, 1:-1]
     assert np.allclose(s.test, ((sig_te - mu) / sd)[:, keep], atol=1e-5)
-    with pytest.raises(ValueError, match=r"'miniboone': source = 'uci' is not accepted; accepted: maf"):
+    with pytest.raises(ValueError, match=r"datasets.miniboone.data.source = 'uci' is invalid: accepted: maf"):
         fd.download("miniboone", tmp_path / "raw_m", source="uci")
 
 

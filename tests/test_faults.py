@@ -267,6 +267,7 @@ def test_corrupt_processed_file_stops_the_train_stage(power_repo, reference, fau
         with open(victim, "r+b") as f:
             f.truncate(victim.stat().st_size - 1000)
 
+    run(repo, "dvc", "repro", "-s", "configure")  # the cell's settings file (configs/maf-power.json) is a train dep
     proc = run(repo, "dvc", "repro", "-s", "train@maf-power", check=False)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

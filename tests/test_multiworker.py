@@ -188,7 +188,7 @@ def test_train_stage_as_two_workers(tmp_path):
     assert not (chief_repo / "checkpoints").exists()  # removed once the outputs are written
     assert _snapshot(worker_repo) == before  # the other worker wrote nothing in its repository
     config = json.loads((chief_repo / "models/maf-moons/config.json").read_text())
-    assert config["mlflow_run_id"] == runs[0][0]
+    assert config["metadata"]["mlflow_run_id"] == runs[0][0]
     multi = json.loads((chief_repo / "metrics/train/maf-moons.json").read_text())
 
     # the same stage in one process (the worker's copy, no TF_CONFIG): the same result

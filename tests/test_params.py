@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import ParamsError, check_train, load_params
+from stages.common import ParamsError, load_params, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -47,8 +47,8 @@ def test_paper_image_params_are_valid_and_every_cell_builds():
     for flow in params["grid"]["flows"]:
         for ds in params["grid"]["datasets"]:
             hparams, train = cell_settings(params, flow, ds)
-            assert train["logit_alpha"] == {"mnist": 1e-6, "celeba": 0.05}[ds]
-            assert train["steps"] >= 50_000
+            assert train.logit_alpha == {"mnist": 1e-6, "celeba": 0.05}[ds]
+            assert train.steps >= 50_000
             built = flows.build_flow(flow, fd.DATASETS[ds].event_shape, **hparams)
             assert len(built.layers) > 10, (flow, ds)
 
@@ -65,10 +65,10 @@ def mutate(path, value):
 BAD = [
     (("flow",), "nope", ["flow", "'nope'", "accepted flows", "maf"]),
     (("dataset",), "nope", ["dataset", "'nope'", "accepted datasets", "moons"]),
-    (("seed",), -1, ["seed", "-1", "non-negative integer"]),
+    (("seed",), -1, ["seed = -1", "integer >= 0"]),
     (("seed",), "zero", ["seed", "'zero'"]),
     (("grid", "flows"), ["maf", "nope"], ["grid.flows[1]", "'nope'", "accepted flows"]),
-    (("grid", "datasets"), [], ["grid.datasets", "non-empty list"]),
+    (("grid", "datasets"), [], ["grid.datasets", "at least 1 long"]),
     (("datasets", "moons", "train", "steps"), -5, ["datasets.moons.train.steps", "-5", "integer >= 1"]),
     (("datasets", "moons", "train", "steps"), 1.5, ["datasets.moons.train.steps", "1.5"]),
     (("datasets", "moons", "train", "learning_rate"), "fast", ["learning_rate", "'fast'", "positive number"]),
@@ -76,11 +76,25 @@ BAD = [
     (("datasets", "moons", "train", "epochs"), 3, ["datasets.moons.train", "'epochs'", "accepted", "steps"]),
     (("flows", "maf", "num_layers"), "five", ["flows.maf", "num_layers", "'five'", "integer"]),
     (("flows", "maf", "depth"), 3, ["flows.maf", "'depth'", "accepted", "num_layers"]),
-    (("flows", "nope"), {}, ["flows.nope", "accepted flows"]),
-    (("datasets", "nope"), {}, ["datasets.nope", "accepted datasets"]),
+    (("flows", "nope"), {}, ["flows has no setting 'nope'", "accepted", "maf"]),
+    (("datasets", "nope"), {}, ["datasets has no setting 'nope'", "accepted", "moons"]),
     (("colour",), "red", ["'colour'", "accepted", "grid"]),
     (("datasets", "moons", "train", "jit_compile"), "yes", ["datasets.moons.train.jit_compile", "'yes'", "true or false"]),
-    (("figures", "energy_steps"), 0, ["figures.energy_steps", "positive integer"]),
+    (("figures", "energy_steps"), 0, ["figures.energy_steps", "integer >= 1"]),
+    # a section written as null is refused, not silently defaulted
+    (("datasets", "moons", "train"), None, ["datasets.moons.train is empty (null)", "accepted", "steps"]),
+    # one bin cannot make a spline (it diverged at step 2 before)
+    (("flows", "nsf", "num_bins"), 1, ["flows.nsf.num_bins = 1", "integer >= 2"]),
+    # a model too large for memory is refused with its size, before anything is allocated
+    (("flows", "maf", "hidden_units"), [1000000000], ["flows.maf", "at least", "weights", "GiB", "memory"]),
+    # each form of a two-form flow has its own options: a key that does nothing for a form is refused
+    (("flows", "realnvp", "image", "hidden_units"), [8], ["flows.realnvp.image has no setting 'hidden_units'",
+                                                           "num_filters"]),
+    (("flows", "glow", "vector", "num_filters"), 8, ["flows.glow.vector has no setting 'num_filters'", "hidden_units"]),
+    (("flows", "realnvp", "num_layers"), 3, ["flows.realnvp has no setting 'num_layers'", "image, vector"]),
+    (("datasets", "digits", "overrides", "realnvp"), {"hparams": {"batch_norm": True}},
+     ["datasets.digits.overrides.realnvp.hparams has no setting 'batch_norm'", "num_filters"]),
+    (("flows", "maf", "activation"), "swishy", ["flows.maf.activation = 'swishy'", "accepted", "gelu"]),
 ]
 
 
@@ -95,8 +109,32 @@ def test_bad_values_are_named(tmp_path, path, value, expected):
 
 
 def test_train_defaults_filled():
-    out = check_train({"steps": 10}, "datasets.x.train")
-    assert out["steps"] == 10 and out["batch_size"] > 0 and 0 < out["learning_rate"]
+    from flows.training import TrainConfig
+
+    out = TrainConfig.from_options({"steps": 10}, "datasets.x.train", seed=3)
+    assert out.steps == 10 and out.batch_size == TrainConfig.batch_size and out.seed == 3
+
+
+def test_run_main_keeps_the_traceback_of_a_bug(capsys):
+    """Only the project's own errors (and OSError) become one line and exit 2; a bug keeps its traceback."""
+    import flows
+
+    def bad_option():
+        flows.build_flow("maf", [2], num_layers=0)
+
+    with pytest.raises(SystemExit) as info:
+        run_main(bad_option)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: flows.maf.num_layers = 0 is invalid"), err
+
+    def bug():
+        raise ValueError("an internal inconsistency")  # not a project error type: a bug
+
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        run_main(bug)
+    with pytest.raises(ZeroDivisionError):
+        run_main(lambda: 1 / 0)
 
 
 def test_stage_exits_with_one_line(tmp_path):

@@ -121,7 +121,7 @@ def test_nan_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_stage_keeps_checkpoints_only_for_the_same_settings(tmp_path):
-    from stages.train import prepare_checkpoints
+    from stages.common import prepare_checkpoints
 
     ckpt = tmp_path / "checkpoints" / "maf-moons"
     settings = {"flow": "maf", "hparams": {"num_layers": 2}, "train": {"steps": 10}, "seed": 0}

@@ -65,7 +65,7 @@ def test_bad_config_is_refused():
 
 
 def test_logit_transform_jacobian_and_bits_per_dim():
-    """log|det dy/dx| of the dequantise+logit map matches autodiff, and bits/dim follows benchmarks.md section 5."""
+    """log|det dy/dx| of the dequantise+logit map matches autodiff; bits/dim follows docs/benchmarks.md section 5."""
     alpha, levels = 0.05, 17
     transform = logit_transform(levels, alpha, flatten=True)
     pixels = tf.constant(np.random.default_rng(0).integers(0, levels, size=(3, 2, 2, 1)), tf.uint8)

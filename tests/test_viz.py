@@ -179,7 +179,8 @@ def test_image_sample_grid_beside_real_images(tmp_path, name, shape, levels, flo
     hp = {"glow": {"num_layers": 1, "num_scales": 1, "num_filters": 8},
           "realnvp": {"num_layers": 2, "num_scales": 1, "num_filters": 8, "num_res_blocks": 1},
           "maf": {"num_layers": 1, "hidden_units": [16]}}[flow_name]
-    hp = {k: v for k, v in hp.items() if k in flows.FLOWS[flow_name].defaults}
+    kind = "image" if "image" in flows.FLOWS[flow_name].kinds else "vector"
+    hp = {k: v for k, v in hp.items() if k in flows.FLOWS[flow_name].options(kind)}
     flow, transform, _ = model_for_data(flow_name, hp, "image", shape, levels, 0.05)
     pixels = np.random.default_rng(0).integers(0, levels, size=(40,) + shape).astype(np.uint8)
     y, _ = transform(tf.constant(pixels), tf.constant([1, 2], tf.int64))

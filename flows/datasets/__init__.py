@@ -21,7 +21,7 @@ Downloads go through :mod:`flows.datasets.downloader` (mirrors, resume, retries,
 
 Everything here needs numpy only (pandas for POWER, scikit-learn for digits); TensorFlow is imported
 lazily by :func:`make_tf_dataset` and the TensorFlow helpers of :mod:`flows.datasets.images`.
-Sources, checksums and every preprocessing step: ``shared/reference/benchmarks.md``.
+Sources, checksums and every preprocessing step: ``docs/benchmarks.md`` (with the source of each fact).
 """
 
 from ._core import (  # noqa: F401
@@ -30,6 +30,7 @@ from ._core import (  # noqa: F401
     DatasetSpec,
     Splits,
     check_params,
+    schema,
     download,
     load_splits,
     make_tf_dataset,
@@ -47,6 +48,7 @@ __all__ = [
     "DatasetSpec",
     "Splits",
     "check_params",
+    "schema",
     "download",
     "prepare",
     "load_splits",

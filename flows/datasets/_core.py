@@ -14,7 +14,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._options import accepted as _accepted, type_name as _type_name, type_ok as _type_ok
+from ..errors import DataError, OptionsError
+from ..options import Option, accepted as _accepted, check_options
 
 __all__ = [
     "DatasetSpec",
@@ -67,9 +68,9 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} is registered twice")
+        raise DataError(f"dataset {spec.name!r} is registered twice")
     if spec.kind not in ("toy", "tabular", "image"):
-        raise ValueError(f"dataset {spec.name!r}: kind {spec.kind!r} is not one of toy, tabular, image")
+        raise DataError(f"dataset {spec.name!r}: kind {spec.kind!r} is not one of toy, tabular, image")
     for key, value in spec.defaults.items():
         if not isinstance(value, (bool, int, float, str, list)):
             raise TypeError(f"dataset {spec.name!r}: default {key} = {value!r} must be int/float/str/bool/list")
@@ -77,31 +78,20 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-def check_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate prepare params of data set ``name``; return its defaults updated with them.
+def schema(name: str) -> dict:
+    """The options of data set ``name``'s ``data`` section: its defaults, with the choices of string params."""
+    spec = DATASETS[name]
+    return {k: Option(v, choices=tuple(spec.choices[k])) if k in spec.choices else v for k, v in spec.defaults.items()}
 
-    Raises ``ValueError`` naming the data set, the key, the bad value and what is accepted.
+
+def check_params(name: str, params: dict[str, Any] | None = None, where: str = "") -> dict[str, Any]:
+    """Validate the data params of data set ``name``; return its defaults updated with them.
+
+    Raises :class:`~flows.errors.OptionsError` naming the data set's key, the bad value and what is accepted.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; accepted: {_accepted(DATASETS)}")
-    spec = DATASETS[name]
-    out = dict(spec.defaults)
-    for key, value in (params or {}).items():
-        if key not in spec.defaults:
-            raise ValueError(
-                f"dataset {name!r} has no param {key!r} (value {value!r}); accepted: {_accepted(spec.defaults) or 'none'}"
-            )
-        default = spec.defaults[key]
-        if not _type_ok(default, value):
-            raise ValueError(
-                f"dataset {name!r}: {key} = {value!r} must be {_type_name(default)} (default {default!r})"
-            )
-        if key in spec.choices and value not in spec.choices[key]:
-            raise ValueError(
-                f"dataset {name!r}: {key} = {value!r} is not accepted; accepted: {', '.join(spec.choices[key])}"
-            )
-        out[key] = float(value) if isinstance(default, float) else list(value) if isinstance(default, list) else value
-    return out
+        raise OptionsError(f"{where or 'dataset'}: unknown dataset {name!r}; accepted: {_accepted(DATASETS)}")
+    return check_options(schema(name), params, where or f"datasets.{name}.data")
 
 
 # ---------------------------------------------------------------------------------------------- file helpers
@@ -257,7 +247,7 @@ def prepare(name: str, raw_dir, out_dir, seed: int = 0, **params) -> dict:
                 arr = np.load(result[split], mmap_mode="r", allow_pickle=False)
                 _check_split(spec, split, arr)
                 if Path(result[split]).resolve() != (tmp / f"{split}.npy").resolve():
-                    raise ValueError(f"dataset {name!r}: streaming build wrote {result[split]}, not {tmp / f'{split}.npy'}")
+                    raise DataError(f"dataset {name!r}: streaming build wrote {result[split]}, not {tmp / f'{split}.npy'}")
             else:
                 arr = np.ascontiguousarray(result[split])
                 _check_split(spec, split, arr)
@@ -291,7 +281,7 @@ def _check_split(spec: DatasetSpec, split: str, arr: np.ndarray) -> None:
     if arr.dtype != want:
         raise TypeError(f"dataset {spec.name!r}: {split} has dtype {arr.dtype}, expected {np.dtype(want).name}")
     if tuple(arr.shape[1:]) != tuple(spec.event_shape):
-        raise ValueError(
+        raise DataError(
             f"dataset {spec.name!r}: {split} has event shape {list(arr.shape[1:])}, expected {list(spec.event_shape)}"
         )
 
@@ -309,7 +299,7 @@ class Splits(NamedTuple):
 _VERIFIED: dict[tuple, str] = {}
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A prepared file does not match the SHA-256 (or size) its manifest records; the message is one line."""
 
 
@@ -392,9 +382,9 @@ def make_tf_dataset(array, batch_size: int, shuffle: bool = True, seed: int = 0,
 
     n = int(array.shape[0])
     if n == 0:
-        raise ValueError("make_tf_dataset: array has no rows")
+        raise DataError("make_tf_dataset: array has no rows")
     if int(batch_size) < 1:
-        raise ValueError(f"make_tf_dataset: batch_size = {batch_size!r} must be a positive integer")
+        raise DataError(f"make_tf_dataset: batch_size = {batch_size!r} must be a positive integer")
     np_dtype = np.dtype(dtype) if dtype is not None else array.dtype
     idx = tf.data.Dataset.range(n)
     if shuffle:

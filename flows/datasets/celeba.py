@@ -13,6 +13,8 @@ Each split is written row by row into a memory-mapped ``.npy`` (``numpy.lib.form
 
 from __future__ import annotations
 
+from ..errors import DataError
+
 import io
 import zipfile
 from pathlib import Path
@@ -50,7 +52,7 @@ def _bilinear_tf1(img: np.ndarray, size: int) -> np.ndarray:
 def crop_resize(img: np.ndarray, size: int = 64) -> np.ndarray:
     """The Real NVP crop (rows 40..187, columns 15..162) then bilinear resize to ``size``; uint8 [size, size, 3]."""
     if img.shape[:2] != (218, 178):
-        raise ValueError(f"CelebA aligned images are 218 x 178; got {list(img.shape[:2])}")
+        raise DataError(f"CelebA aligned images are 218 x 178; got {list(img.shape[:2])}")
     out = _bilinear_tf1(img[CROP], size)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
@@ -89,7 +91,7 @@ def _build(size):
                 names = parts[part][:limit] if limit > 0 else parts[part]
                 missing = [n for n in names if n not in index]
                 if missing:
-                    raise ValueError(f"img_align_celeba.zip lacks {len(missing)} images of the partition, e.g. {missing[0]}")
+                    raise DataError(f"img_align_celeba.zip lacks {len(missing)} images of the partition, e.g. {missing[0]}")
                 path = Path(work_dir) / f"{split}.npy"
                 arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(names), size, size, 3))
                 for i, name in enumerate(names):

@@ -9,6 +9,8 @@ set, the next ``n_val`` the validation set, the rest the training set (after the
 
 from __future__ import annotations
 
+from ..errors import DataError
+
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ def _fetch(raw_dir: Path, mirror, params) -> dict:
     d = load_digits()
     images = d.images.astype(np.uint8)[..., None]
     if d.images.max() > 16 or not np.array_equal(images[..., 0], d.images):
-        raise ValueError("scikit-learn's digits are not integers 0..16 any more; refusing to cast them")
+        raise DataError("scikit-learn's digits are not integers 0..16 any more; refusing to cast them")
     tmp = Path(raw_dir) / (".tmp-" + _RAW)
     np.savez(tmp, images=images, labels=d.target.astype(np.int64))
     tmp.replace(Path(raw_dir) / _RAW)
@@ -46,13 +48,13 @@ def _build(raw_dir: Path, params, seed) -> dict:
     classes = [int(c) for c in params["classes"]]
     bad = [c for c in classes if c not in range(10)]
     if bad:
-        raise ValueError(f"dataset 'digits': classes = {params['classes']!r} has {bad}; accepted: integers 0..9")
+        raise DataError(f"dataset 'digits': classes = {params['classes']!r} has {bad}; accepted: integers 0..9")
     if classes:
         keep = np.isin(labels, classes)
         images, labels = images[keep], labels[keep]
     n_test, n_val = params["n_test"], params["n_val"]
     if n_test < 1 or n_val < 1 or n_test + n_val >= len(images):
-        raise ValueError(f"dataset 'digits': n_test = {n_test}, n_val = {n_val} must be >= 1 and leave training "
+        raise DataError(f"dataset 'digits': n_test = {n_test}, n_val = {n_val} must be >= 1 and leave training "
                          f"rows out of {len(images)}")
     perm = np.random.default_rng(seed).permutation(len(images))
     te, va, tr = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]

@@ -11,6 +11,8 @@ outside the target directory.
 
 from __future__ import annotations
 
+from ..errors import FlowsError
+
 import hashlib
 import os
 import re
@@ -31,7 +33,7 @@ MIRROR_ENV = "FLOWS_DATA_MIRROR"
 _CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(FlowsError, RuntimeError):
     """A file could not be fetched or verified; the message is one line naming the file and what to do."""
 
 

@@ -18,6 +18,8 @@ so log p_x(x) = log p_y(y) + log|det dy/dx| (nats), and the discrete model of pi
 
 from __future__ import annotations
 
+from ..errors import DataError
+
 import math
 
 import numpy as np
@@ -27,9 +29,9 @@ __all__ = ["dequantize_logit", "tf_dequantize_logit", "logit_to_unit", "bits_per
 
 def _check(levels, alpha):
     if not (isinstance(levels, (int, np.integer)) and levels >= 2):
-        raise ValueError(f"levels = {levels!r} must be an integer >= 2 (256 for 8-bit images, 17 for UCI digits)")
+        raise DataError(f"levels = {levels!r} must be an integer >= 2 (256 for 8-bit images, 17 for UCI digits)")
     if not (0.0 <= float(alpha) < 0.5):
-        raise ValueError(f"alpha = {alpha!r} must be in [0, 0.5) (MNIST 1e-6, Real NVP 0.05)")
+        raise DataError(f"alpha = {alpha!r} must be in [0, 0.5) (MNIST 1e-6, Real NVP 0.05)")
 
 
 def uniform_noise(shape, seed=None, dtype=np.float32):

@@ -15,6 +15,8 @@ the float table from the blocks.
 
 from __future__ import annotations
 
+from ..errors import DataError
+
 import pickle
 
 import numpy as np
@@ -87,7 +89,7 @@ def _index_values(index):
             return list(range(d["start"], d["stop"], d.get("step", 1)))
     if isinstance(index, np.ndarray):
         return index.tolist()
-    raise ValueError(f"unsupported index in the pickle: {type(index).__name__}")
+    raise DataError(f"unsupported index in the pickle: {type(index).__name__}")
 
 
 def read_dataframe_pickle(path) -> tuple[list, np.ndarray]:
@@ -96,7 +98,7 @@ def read_dataframe_pickle(path) -> tuple[list, np.ndarray]:
         frame = _Unpickler(f, encoding="latin1").load()
     state = getattr(frame, "state", None)
     if not isinstance(state, dict) or "_data" not in state:
-        raise ValueError(f"{path} does not hold a pandas DataFrame pickle")
+        raise DataError(f"{path} does not hold a pandas DataFrame pickle")
     mgr = state["_data"].state
     axes, extra = mgr[0], mgr[3] if len(mgr) > 3 else None
     columns, rows = _index_values(axes[0]), _index_values(axes[1])
@@ -108,9 +110,9 @@ def read_dataframe_pickle(path) -> tuple[list, np.ndarray]:
     for values, locs in blocks:
         values = np.asarray(values)
         if values.dtype.kind not in "fiub":
-            raise ValueError(f"{path}: a block of dtype {values.dtype} is not numeric")
+            raise DataError(f"{path}: a block of dtype {values.dtype} is not numeric")
         idx = np.arange(len(columns))[locs] if isinstance(locs, slice) else np.asarray(locs)
         out[:, idx] = values.reshape(len(idx), len(rows)).T
     if np.isnan(out).all(axis=0).any():
-        raise ValueError(f"{path}: some columns were in no block")
+        raise DataError(f"{path}: some columns were in no block")
     return [c.decode() if isinstance(c, bytes) else c for c in columns], out

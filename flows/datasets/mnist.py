@@ -1,13 +1,15 @@
 """MNIST from the official IDX files (verified by MD5), with a class filter and a validation split.
 
 Source: LeCun, Cortes, Burges, "The MNIST database of handwritten digits" (1998). Files and MD5s as in
-torchvision (benchmarks.md section 4); mirrors tried in order after ``mirror=`` / env ``FLOWS_DATA_MIRROR``.
+torchvision (docs/benchmarks.md section 4); mirrors tried in order after ``mirror=`` / env ``FLOWS_DATA_MIRROR``.
 Splits: the last ``n_val`` of the 60,000 training images are the validation set (MAF used 50,000 / 10,000),
 the official 10,000 test images the test set; ``classes`` keeps only those labels (the seed used 2, 4, 7, 8).
 Pixels stay uint8 0..255 [n, 28, 28, 1]; dequantise at training time (``images.dequantize_logit``, alpha 1e-6).
 """
 
 from __future__ import annotations
+
+from ..errors import DataError
 
 import gzip
 from pathlib import Path
@@ -37,14 +39,14 @@ def read_idx(path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4].hex()})")
+        raise DataError(f"{path} is not an IDX file (magic bytes {raw[:4].hex()})")
     ndim = raw[3]
     dims = np.frombuffer(raw, ">i4", count=ndim, offset=4).astype(int)
     dtype = np.dtype(_DTYPES[raw[2]])
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - offset != expected:
-        raise ValueError(f"{path}: {len(raw) - offset} data bytes for dims {dims.tolist()}, expected {expected}")
+        raise DataError(f"{path}: {len(raw) - offset} data bytes for dims {dims.tolist()}, expected {expected}")
     return np.frombuffer(raw, dtype, offset=offset).reshape(dims)
 
 
@@ -66,15 +68,15 @@ def _build(raw_dir: Path, params, seed) -> dict:
     y_te = read_idx(raw_dir / "t10k-labels-idx1-ubyte.gz")
     for x, y, what in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
         if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
-            raise ValueError(f"MNIST {what}: images {list(x.shape)} and labels {list(y.shape)} do not match")
+            raise DataError(f"MNIST {what}: images {list(x.shape)} and labels {list(y.shape)} do not match")
     n_val = params["n_val"]
     if not 0 < n_val < len(x_tr):
-        raise ValueError(f"dataset 'mnist': n_val = {n_val} must be in 1..{len(x_tr) - 1}")
+        raise DataError(f"dataset 'mnist': n_val = {n_val} must be in 1..{len(x_tr) - 1}")
     x_va, y_va, x_tr, y_tr = x_tr[-n_val:], y_tr[-n_val:], x_tr[:-n_val], y_tr[:-n_val]
     classes = [int(c) for c in params["classes"]]
     bad = [c for c in classes if c not in range(10)]
     if bad:
-        raise ValueError(f"dataset 'mnist': classes = {params['classes']!r} has {bad}; accepted: integers 0..9")
+        raise DataError(f"dataset 'mnist': classes = {params['classes']!r} has {bad}; accepted: integers 0..9")
     out = {}
     for split, x, y in (("train", x_tr, y_tr), ("val", x_va, y_va), ("test", x_te, y_te)):
         if classes:

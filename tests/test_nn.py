@@ -1,0 +1,196 @@
+"""The shared building blocks of flows.nn: activation lookup, MLP / MADE (residual blocks, dropout), Invert."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+import flows  # noqa: E402
+from flows import nn  # noqa: E402
+from flows.base import NotInvertibleError  # noqa: E402
+from flows.planar import PlanarLayer  # noqa: E402
+
+F64 = tf.float64
+
+
+def _randomise(module, seed=0, scale=0.5):
+    """Every variable random and non-zero (masked kernel entries included), so only the masks can hide an input."""
+    rng = np.random.default_rng(seed)
+    for v in module.trainable_variables:
+        v.assign(rng.normal(0.0, scale, size=v.shape).astype(v.dtype.as_numpy_dtype))
+
+
+def _x(n=6, d=5, seed=1):
+    return tf.constant(np.random.default_rng(seed).normal(size=(n, d)), F64)
+
+
+# ------------------------------------------------------------------------------------------ activations
+def test_activation_lookup_is_keras_bitwise_and_refuses_unknown_names():
+    x = tf.constant(np.linspace(-6.0, 6.0, 101), tf.float32)
+    for name in nn.ACTIVATIONS:
+        np.testing.assert_array_equal(nn.activation(name)(x).numpy(), keras.activations.get(name)(x).numpy())
+    with pytest.raises(ValueError, match=r"activation 'mish' is not supported; accepted: elu, gelu, relu"):
+        nn.activation("mish")
+    with pytest.raises(ValueError, match="not supported"):
+        nn.MLP(2, 2, [4], F64, activation="leaky")
+
+
+def _flows_with_activation():
+    for name, spec in sorted(flows.FLOWS.items()):
+        for kind in spec.kinds:
+            if "activation" in spec.options(kind):
+                yield name, kind
+
+
+@pytest.mark.parametrize("name,kind", list(_flows_with_activation()))
+@pytest.mark.parametrize("act", sorted(nn.ACTIVATIONS))
+def test_every_flow_accepts_every_activation(name, kind, act):
+    options = flows.FLOWS[name].options(kind)
+    hp = {"activation": act}
+    if "hidden_units" in options:
+        hp["hidden_units"] = [8]
+    if "num_layers" in options:
+        hp["num_layers"] = 1
+    shape = [3] if kind == "vector" else [4, 4, 1]
+    flow = flows.build_flow(name, shape, "float64", **hp)
+    x = tf.constant(np.random.default_rng(0).normal(size=[4] + shape), F64)
+    flow.initialize(x)
+    lp = flow.log_prob(x).numpy()
+    assert lp.shape == (4,) and np.all(np.isfinite(lp)), (name, act, lp)
+
+
+# ------------------------------------------------------------------------------------------ MADE masks
+MADE_CASES = [
+    dict(backend="keras", hidden_degrees="equal"),
+    dict(backend="numpy", hidden_degrees="cyclic"),
+    dict(backend="keras", hidden_degrees="equal", residual_blocks=2),
+    dict(backend="numpy", hidden_degrees="cyclic", residual_blocks=2, dropout=0.3),
+    dict(backend="keras", hidden_degrees="cyclic", dropout=0.5, init="fan_in"),
+    dict(backend="numpy", hidden_degrees="equal", residual_blocks=1, dropout=0.5, input_order="right-to-left"),
+]
+
+
+@pytest.mark.parametrize("case", MADE_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_made_output_i_depends_only_on_earlier_inputs(case):
+    """Autodiff Jacobian of every output on every input, all weights random: d out_i / d x_j = 0 unless j < i."""
+    d, params = 5, 3
+    units = [16, 16] if not case.get("residual_blocks") else [16]
+    net = nn.MaskedMLP(d, params, units, F64, activation="tanh", **case)  # tanh: no dead unit hides a path
+    _randomise(net, seed=2)
+    x = _x(d=d)
+    for training in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = net(x, training=training)
+            flat = tf.reshape(out, [6, d * params])  # on the tape: a reshape outside it would give a zero Jacobian
+        assert out.shape == (6, d, params)
+        jac = tape.batch_jacobian(flat, x).numpy().reshape(6, d, params, d)
+        order = np.arange(d) if case.get("input_order") != "right-to-left" else np.arange(d)[::-1]
+        rank = np.argsort(order)  # position of each feature in the autoregressive order
+        for i in range(d):
+            for j in range(d):
+                block = np.abs(jac[:, i, :, j])
+                if rank[j] >= rank[i]:
+                    assert block.max() == 0.0, (case, training, i, j)
+                elif not training or not case.get("dropout"):
+                    assert block.max() > 0.0, (case, i, j)  # and it is connected to every earlier input
+
+
+def test_made_masks_equal_tfps_for_the_equal_degrees():
+    from tensorflow_probability.python.bijectors.masked_autoregressive import _make_dense_autoregressive_masks
+
+    for d, params, units in [(2, 2, [8]), (5, 3, [16, 16]), (7, 23, [4, 64, 3]), (3, 2, [64, 64])]:
+        ours = nn.made_masks(d, params, units, "equal")
+        tfps = _make_dense_autoregressive_masks(params=params, event_size=d, hidden_units=units)
+        assert len(ours) == len(tfps)
+        for a, b in zip(ours, tfps):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_keras_made_kernels_start_masked_and_stay_masked_under_the_constraint():
+    net = nn.MaskedMLP(4, 2, [8, 8], F64, zero_last=False)
+    dense = net._network.layers
+    for layer, mask in zip(dense, net.masks):
+        assert np.all(layer.kernel.numpy()[mask.numpy() == 0] == 0.0)
+        layer.kernel.assign(tf.ones_like(layer.kernel))
+        np.testing.assert_array_equal(layer.kernel.constraint(layer.kernel).numpy(), mask.numpy())
+
+
+# ------------------------------------------------------------------------------------------ residual + dropout
+@pytest.mark.parametrize("backend", nn.BACKENDS)
+def test_mlp_residual_blocks_and_dropout(backend):
+    net = nn.MLP(3, 7, [16, 16], F64, residual_blocks=2, dropout=0.5, zero_last=False, backend=backend, seed=3)
+    # stem, 2 blocks of 2 layers, output: 6 kernels and 6 biases
+    shapes = sorted(tuple(v.shape) for v in net.trainable_variables)
+    assert shapes == sorted([(3, 16), (16,)] + [(16, 16), (16,)] * 4 + [(16, 7), (7,)])
+    x = _x(n=32, d=3)
+    y0, y1 = net(x).numpy(), net(x, training=False).numpy()
+    assert y0.shape == (32, 7)
+    np.testing.assert_array_equal(y0, y1)  # no dropout outside training
+    a, b = net(x, training=True).numpy(), net(x, training=True).numpy()
+    assert a.shape == (32, 7) and np.abs(a - b).max() > 0  # dropout draws a new mask each call
+    assert nn.MLP(3, 7, [16], F64, residual_blocks=1, backend=backend)(x).numpy().max() == 0.0  # zero_last
+    with pytest.raises(ValueError, match="not all equal"):
+        nn.MLP(3, 7, [16, 8], F64, residual_blocks=1, backend=backend)
+    with pytest.raises(ValueError, match="dropout"):
+        nn.MLP(3, 7, [16], F64, dropout=1.0, backend=backend)
+
+
+def test_residual_blocks_start_near_the_identity_and_made_shapes():
+    """The last layer of each block starts uniform in +-1e-3, so a block starts as (nearly) the skip connection."""
+    x = _x(n=8, d=4)
+    for backend in nn.BACKENDS:
+        deep = nn.MaskedMLP(4, 3, [32], F64, residual_blocks=3, zero_last=False, backend=backend, seed=5)
+        assert deep(x).shape == (8, 4, 3) and deep(x, training=True).shape == (8, 4, 3)
+        assert len(deep.trainable_variables) == 2 * (1 + 2 * 3 + 1)
+        (w0, b0), (w1, b1) = [deep._kernels_and_biases()[i] for i in (0, -1)]
+        skip_only = tf.matmul(tf.matmul(x, w0 * deep.masks[0]) + b0, w1 * deep.masks[-1]) + b1
+        gap = np.abs(deep(x).numpy().reshape(8, 12) - skip_only.numpy()).max()
+        assert 0 < gap < 0.05, (backend, gap)
+    net = nn.ConvNet(2, 6, 8, 2, F64, seed=1)
+    assert net(tf.zeros([3, 4, 4, 2], F64)).shape == (3, 4, 4, 6)
+
+
+def test_dropout_reaches_an_autoregressive_layers_made_in_training_only():
+    from flows.autoregressive import AffineBijectorFn, MaskedAutoregressive
+
+    made = nn.MaskedMLP(3, 2, [16], F64, dropout=0.5, zero_last=False)
+    layer = MaskedAutoregressive(made, AffineBijectorFn(made))
+    x = _x(n=8, d=3)
+    np.testing.assert_array_equal(layer.inverse(x)[1].numpy(), layer.inverse(x)[1].numpy())
+    assert np.abs(layer.inverse(x, training=True)[1].numpy() - layer.inverse(x)[1].numpy()).max() > 0
+
+
+# ------------------------------------------------------------------------------------------ Invert
+def test_invert_swaps_directions_and_round_trips():
+    layer = nn.AffineCoupling(4, 1, lambda a, b: nn.MLP(a, b, [8], F64, backend="numpy", seed=0), F64, scale="tanh")
+    _randomise(layer, seed=4)
+    inv = nn.Invert(layer)
+    x = _x(n=5, d=4)
+    z, ldj = inv.inverse(x)
+    z_ref, ldj_ref = layer.forward(x)
+    np.testing.assert_array_equal(z.numpy(), z_ref.numpy())
+    np.testing.assert_array_equal(ldj.numpy(), ldj_ref.numpy())
+    x_back, fldj = inv.forward(z)
+    np.testing.assert_allclose(x_back.numpy(), x.numpy(), atol=1e-12)
+    np.testing.assert_allclose(fldj.numpy(), -ldj.numpy(), atol=1e-12)
+    twice = nn.Invert(inv)
+    np.testing.assert_array_equal(twice.inverse(x)[0].numpy(), layer.inverse(x)[0].numpy())
+    flow = flows.Flow([inv, nn.Reverse(4, F64)], (4,), F64)
+    np.testing.assert_allclose(flow.forward(flow.inverse(x)[0])[0].numpy(), x.numpy(), atol=1e-12)
+    assert [v.ref() for v in inv.trainable_variables] == [v.ref() for v in layer.trainable_variables]
+
+
+def test_invert_of_a_density_only_layer_samples_but_has_no_density():
+    planar = PlanarLayer(2, F64)
+    inv = nn.Invert(planar)
+    assert inv.can_sample and not planar.can_sample
+    z = _x(n=3, d=2)
+    np.testing.assert_array_equal(inv.forward(z)[0].numpy(), planar.apply(z)[0].numpy())
+    with pytest.raises(NotInvertibleError, match=r"Invert\(PlanarLayer\) has no data -> noise map"):
+        inv.inverse(z)
