@@ -199,7 +199,7 @@ def test_run_read_back_through_the_client(tracking_server, trained):
     # the stage recorded where it logged, and nothing fell back to a local SQLite store
     config = json.loads((trained / "models/maf-moons/config.json").read_text())
     assert config["metadata"]["mlflow_run_id"] == run.info.run_id
-    assert config["mlflow_tracking_uri"] == tracking_server["uri"]
+    assert config["metadata"]["mlflow_tracking_uri"] == tracking_server["uri"]
     assert not (trained / "mlflow.db").exists() and not (trained / "mlflow.lock").exists()
     assert not (trained / "mlartifacts").exists() and not (trained / "mlruns").exists()
 
