@@ -26,6 +26,7 @@ from . import (  # noqa: E402,F401
     autoregressive,
     continuous,
     coupling,
+    gaussian,
     glow,
     image,
     made,

@@ -83,6 +83,14 @@ INITS = ("fan_in", "identity")
 
 def _autoregressive_layers(name, event_shape, dtype, num_layers, hidden_units, batch_norm, activation, invert,
                            init="fan_in"):
+    """The flow of MAF (or IAF with ``invert``) on the standard normal."""
+    return Flow(_autoregressive_stack(name, event_shape, dtype, num_layers, hidden_units, batch_norm, activation,
+                                      invert, init), event_shape, dtype, name=name)
+
+
+def _autoregressive_stack(name, event_shape, dtype, num_layers, hidden_units, batch_norm, activation, invert,
+                          init="fan_in"):
+    """The layers (data to noise) of MAF, or of IAF with ``invert``."""
     if len(event_shape) != 1:
         raise ValueError(f"{name}: event shape {list(event_shape)} must be [d] (a vector)")
     d = int(event_shape[0])
@@ -105,7 +113,7 @@ def _autoregressive_layers(name, event_shape, dtype, num_layers, hidden_units, b
         made = MaskedMLP(d, 2, units, dtype, activation=activation, zero_last=init == "identity",
                          init="fan_in" if init == "fan_in" else "glorot")
         layers.append(MaskedAutoregressive(made, AffineBijectorFn(made), invert=invert, name=f"{name}_{i}"))
-    return Flow(layers, event_shape, dtype, name=name)
+    return layers
 
 
 #: defaults shared by ``maf`` and ``iaf`` (laptop scale; the papers' values live in params-paper.yaml)
@@ -114,13 +122,19 @@ AUTOREGRESSIVE_DEFAULTS = {"num_layers": 5, "hidden_units": [64, 64], "batch_nor
                            "init": Option("fan_in", choices=("fan_in", "identity"), doc="MADE initialisation")}
 
 
+#: ``maf``'s options: those of both, and the MADE MoG base of "MAF MoG"
+MAF_OPTIONS = {**AUTOREGRESSIVE_DEFAULTS,
+               "mog_components": Option(0, low=2, also=(0,), doc="0: a standard-normal base; K: a MADE MoG base "
+                                                                "with K components per conditional")}
+
+
 @register(
     "maf",
-    AUTOREGRESSIVE_DEFAULTS,
+    MAF_OPTIONS,
     paper="Papamakarios, Pavlakou, Murray 2017, Masked Autoregressive Flow for Density Estimation, "
           "https://arxiv.org/abs/1705.07057",
 )
-def build_maf(event_shape, dtype, *, num_layers, hidden_units, batch_norm, activation, init) -> Flow:
+def build_maf(event_shape, dtype, *, num_layers, hidden_units, batch_norm, activation, init, mog_components) -> Flow:
     """Masked Autoregressive Flow (Papamakarios et al. 2017, arXiv:1705.07057).
 
     Each layer is an affine autoregressive map conditioned by a MADE (:class:`flows.nn.MaskedMLP`):
@@ -139,16 +153,38 @@ def build_maf(event_shape, dtype, *, num_layers, hidden_units, batch_norm, activ
     log-likelihood, mean of 3 seeds): ``fan_in`` is better on POWER (-0.558 vs -0.657 nats), ``identity`` on the
     8x8 digits (78.6 vs 77.2 nats).
 
-    Hyper-parameters: ``num_layers`` MADEs, each with ``hidden_units`` and ``activation``; ``batch_norm``; ``init``.
+    ``mog_components``: 0 (default) keeps the standard-normal base; ``K >= 2`` makes the base a MADE MoG
+    (:class:`flows.made.MADEBaseFlow`, the paper's "MAF MoG", whose "MAF MoG (5)" is ``num_layers = 5``,
+    ``mog_components = 10``): ``K`` Gaussian components per conditional, the same ``hidden_units`` and
+    ``activation`` as the MAF's MADEs, input order the reverse of the last MAF layer's, trained jointly with the
+    layers.  Its density stays exact (one pass more); sampling draws the base feature by feature (``d`` passes).
+    1 is refused (a Gaussian MADE base is one more MAF layer: use ``num_layers``).
+
+    Hyper-parameters: ``num_layers`` MADEs, each with ``hidden_units`` and ``activation``; ``batch_norm``; ``init``;
+    ``mog_components``.
 
     Example::
 
         >>> flow = flows.build_flow("maf", [6], num_layers=5, hidden_units=[64, 64], batch_norm=True)
         >>> flow.log_prob(tf.zeros([3, 6])).shape   # nats, one pass per layer
         TensorShape([3])
+        >>> flows.build_flow("maf", [6], num_layers=5, mog_components=10).sample(3, seed=0).shape   # MAF MoG (5)
+        TensorShape([3, 6])
     """
-    return _autoregressive_layers("maf", event_shape, dtype, num_layers, hidden_units, batch_norm, activation,
-                                  invert=False, init=init)
+    if isinstance(mog_components, bool) or not isinstance(mog_components, int) or mog_components == 1 \
+            or mog_components < 0:
+        raise ValueError(f"maf: mog_components = {mog_components!r} must be 0 or an integer >= 2")
+    if not mog_components:
+        return _autoregressive_layers("maf", event_shape, dtype, num_layers, hidden_units, batch_norm, activation,
+                                      invert=False, init=init)
+    from .made import MADE, MADEBaseFlow  # made.py imports this module
+
+    layers = _autoregressive_stack("maf", event_shape, dtype, num_layers, hidden_units, batch_norm, activation,
+                                   invert=False, init=init)
+    # the last MAF layer's MADE reads its input left to right; the base continues in the reverse order
+    base = MADE(int(event_shape[0]), mog_components, hidden_units, activation, dtype, name="maf_mog_base",
+                input_order="right-to-left")
+    return MADEBaseFlow(layers, base, event_shape, dtype, name="maf")
 
 
 @register(

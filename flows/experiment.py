@@ -76,20 +76,22 @@ def model_kind(flow_name: str, data_kind: str) -> str:
     return "image" if data_kind == "image" and spec is not None and "image" in spec.kinds else "vector"
 
 
-def cell_settings(flows_section: dict, dataset_section: dict, flow: str, data_kind: str, seed: int = 0,
-                  where: str = "") -> tuple:
-    """(hyper-parameters, :class:`~flows.training.TrainConfig`) of one flow on one data set, validated: the flow's
-    section of params.yaml (for a flow with several forms, the section of the form this data set uses), with the
-    data set's ``overrides.<flow>`` (``hparams`` and ``train``) on top of it and of the data set's ``train``."""
+def cell_settings(flows_section: dict, dataset_section: dict, name: str, data_kind: str, seed: int = 0,
+                  where: str = "", flow: str | None = None) -> tuple:
+    """(hyper-parameters, :class:`~flows.training.TrainConfig`) of one model on one data set, validated: the
+    model's section ``flows.<name>`` of params.yaml (for a flow with several forms, the section of the form this
+    data set uses), with the data set's ``overrides.<name>`` (``hparams`` and ``train``) on top of it and of the
+    data set's ``train``.  ``flow`` is the registered flow of a named configuration (default: ``name``)."""
     from .training import TrainConfig
 
+    flow = flow or name
     kind = model_kind(flow, data_kind)
-    section = dict(flows_section.get(flow) or {})
+    section = {k: v for k, v in (flows_section.get(name) or {}).items() if k != "flow"}
     if FLOWS[flow].nested:
         section = dict(section.get(kind) or {})
-    over = (dataset_section.get("overrides") or {}).get(flow) or {}
+    over = (dataset_section.get("overrides") or {}).get(name) or {}
     hparams = check_hparams(flow, {**section, **(over.get("hparams") or {})}, kind=kind,
-                            where=where or f"flows.{flow}")
+                            where=where or f"flows.{name}")
     train = {**(dataset_section.get("train") or {}), **(over.get("train") or {})}
     return hparams, TrainConfig.from_options(train, "train", seed=seed)
 

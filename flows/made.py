@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from .autoregressive import AffineBijectorFn, MaskedAutoregressive
 from .base import Flow, NotInvertibleError, as_dtype, check_input
-from .nn import ACTIVATIONS, MaskedMLP, check_hidden_units, check_positive_int, soft_clamp
+from .nn import ACTIVATIONS, MaskedMLP, _input_degrees, check_hidden_units, check_positive_int, soft_clamp
 from .options import Option
 from .registry import register
 
-__all__ = ["MADE", "build_made"]
+__all__ = ["MADE", "MADEBaseFlow", "build_made"]
 
 #: bound of the log-scales of the mixture components: log_sigma = 5 tanh(raw / 5)
 MOG_LOG_SCALE_BOUND = 5.0
@@ -41,19 +42,25 @@ class MADE(Flow):
         hidden_units: widths of the MADE's hidden layers.
         activation: hidden activation.
         dtype: float32 or float64.
+        input_order: the MADE's input order (:func:`flows.nn.made_masks`): ``"left-to-right"`` (feature ``i``
+            conditioned on ``x_<i``), ``"right-to-left"`` (on ``x_>i``: the base of a MAF MoG,
+            :class:`MADEBaseFlow`) or a permutation of 1..d; sampling follows it.
     """
 
     def __init__(self, event_size: int, num_components: int = 1, hidden_units=(64, 64), activation="relu",
-                 dtype="float32", name="made"):
+                 dtype="float32", name="made", input_order="left-to-right"):
         dtype = as_dtype(dtype)
         d, k = int(event_size), int(num_components)
-        net = MaskedMLP(d, 2 if k == 1 else 3 * k, hidden_units, dtype, activation=activation, zero_last=k == 1)
+        net = MaskedMLP(d, 2 if k == 1 else 3 * k, hidden_units, dtype, activation=activation, zero_last=k == 1,
+                        input_order=input_order)
         layers = []
         if k == 1:
             layers = [MaskedAutoregressive(net, AffineBijectorFn(net), name="made_gaussian")]
         super().__init__(layers, (d,), dtype, name=name)
         self.net = net
         self.num_components = k
+        # features in the order they are drawn: by increasing input degree (an array: not a tracked object)
+        self._sampling_order = np.argsort(_input_degrees(d, input_order), kind="stable")
 
     @property
     def is_bijection(self) -> bool:
@@ -79,7 +86,7 @@ class MADE(Flow):
             return super().sample(n, seed, temperature)
         n, d = int(n), self.event_size
         x = tf.zeros([n, d], self.dtype)
-        for i in range(d):  # feature i depends on features < i only: d sequential passes
+        for i in map(int, self._sampling_order):  # each feature depends on those drawn before it only: d sequential passes
             log_pi, mu, log_sigma = self._mixture(x)
             if seed is None:
                 comp = tf.random.categorical(log_pi[:, i], 1, dtype=tf.int32)
@@ -118,6 +125,50 @@ class MADE(Flow):
 
     def forward_trajectory(self, z):
         return super().forward_trajectory(z) if self.is_bijection else self._not_bijective("per-layer trajectory")
+
+
+class MADEBaseFlow(Flow):
+    """A flow whose base density is a MADE MoG instead of the standard normal: the MAF paper's "MAF MoG".
+
+    Papamakarios et al. 2017 (arXiv:1705.07057, sec. 3.4 and Table 1): "MAF MoG (5)" is 5 MAF layers on a MADE MoG
+    with 10 components per conditional, trained jointly.  With ``z`` and ``log|det dz/dx|`` from the layers (data
+    -> noise, as in :class:`~flows.base.Flow`):
+
+        log p(x) = log p_MADE-MoG(z) + log|det dz/dx|;
+
+    sampling draws ``z`` from the MADE MoG (``d`` sequential passes, :meth:`MADE.sample`) and pushes it through the
+    layers' ``forward``.  ``inverse``, ``forward`` and the trajectories are those of the layers (the bijection
+    between data and base space); ``base_log_prob`` and ``sample_base`` are the MADE MoG's.
+
+    Arguments:
+        layers: the flow's layers, data to noise.
+        base: a :class:`MADE` with ``num_components >= 2`` on the flow's event shape.
+        event_shape, dtype, name: as :class:`~flows.base.Flow`.
+    """
+
+    def __init__(self, layers, base: MADE, event_shape, dtype="float32", name=None):
+        super().__init__(layers, event_shape, dtype, name=name)
+        if base.is_bijection or base.event_shape != self.event_shape or base.dtype != self.dtype:
+            raise ValueError(f"the base of a MADEBaseFlow must be a MADE MoG on {list(self.event_shape)} in "
+                             f"{self.dtype.name}; got {base.num_components} component(s) on "
+                             f"{list(base.event_shape)} in {base.dtype.name}")
+        self.base = base
+
+    @property
+    def num_components(self) -> int:
+        return self.base.num_components
+
+    def base_log_prob(self, z, training: bool = False):
+        """log p(z) under the MADE MoG (nats)."""
+        return self.base.log_prob(z, training=training)
+
+    def log_prob(self, x, training: bool = False):
+        z, ldj = self.inverse(x, training=training)
+        return self.base_log_prob(z, training=training) + ldj
+
+    def sample_base(self, n: int, seed: int | None = None, temperature: float = 1.0):
+        """``n`` draws of the MADE MoG; ``temperature`` scales each component's standard deviation."""
+        return self.base.sample(n, seed, temperature)
 
 
 @register(

@@ -29,7 +29,8 @@ class Option:
 
     ``low``/``high``: inclusive bounds of a number (for a list of numbers: of each element); ``positive``: strictly
     greater than ``low``; ``choices``: the accepted values of a string; ``min_len``: shortest accepted list;
-    ``nullable``: None is accepted too; ``doc``: one line for error messages and documentation.
+    ``nullable``: None is accepted too; ``also``: numbers accepted besides the bounds (``Option(0, low=2,
+    also=(0,))``: "0 or an integer >= 2"); ``doc``: one line for error messages and documentation.
     """
 
     default: Any
@@ -41,6 +42,7 @@ class Option:
     min_len: int = 0
     nullable: bool = False
     below: float | None = None  # exclusive upper bound (logit_alpha < 0.5)
+    also: tuple = ()  # values of a number accepted besides its bounds (mog_components: 0, or an integer >= 2)
 
 
 def accepted(options) -> str:
@@ -125,6 +127,8 @@ def _expected(opt: Option) -> str:
     bounds = _bounds(opt)
     if bounds:
         text += f" {bounds}"
+    if opt.also:
+        text = f"{' or '.join(map(repr, opt.also))} or {text}"
     if opt.min_len:
         text += f", at least {opt.min_len} long"
     if opt.nullable:
@@ -153,9 +157,9 @@ def _value_ok(opt: Option, value) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if _is_int(default):
-        return _is_int(value) and _number_ok(opt, value)
+        return _is_int(value) and (value in opt.also or _number_ok(opt, value))
     if isinstance(default, float):
-        return _is_num(value) and _number_ok(opt, value)
+        return _is_num(value) and (value in opt.also or _number_ok(opt, value))
     if isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)) or len(value) < opt.min_len:
             return False

@@ -13,6 +13,7 @@ _COLS = ("power", "gas", "hepmass", "miniboone", "bsds300")
 
 # model -> (value, +/- 2 se or None) per data set, in nats
 _ROWS = {
+    "Gaussian": [(-7.74, 0.02), (-3.58, 0.75), (-27.93, 0.02), (-37.24, 1.07), (96.67, 0.25)],
     "MADE": [(-3.08, 0.03), (3.56, 0.04), (-20.98, 0.02), (-15.59, 0.50), (148.85, 0.28)],
     "MADE MoG": [(0.40, 0.01), (8.47, 0.02), (-15.15, 0.02), (-12.27, 0.47), (153.71, 0.28)],
     "Real NVP (5)": [(-0.02, 0.01), (4.78, 1.80), (-19.62, 0.02), (-13.55, 0.49), (152.97, 0.28)],
@@ -40,9 +41,14 @@ def _model_row(flow: str, hparams: dict) -> str | None:
     layers = hparams.get("num_layers")
     if flow == "made":
         return "MADE" if hparams.get("num_components", 1) == 1 else "MADE MoG"
+    if flow == "gaussian":
+        return "Gaussian"
     if flow == "maf":
+        if hparams.get("mog_components", 0):
+            return "MAF MoG (5)"
         return {5: "MAF (5)", 10: "MAF (10)"}.get(layers, "MAF (5)")
     if flow == "realnvp":
+        layers = (hparams.get("vector") or {}).get("num_layers", layers)
         return {5: "Real NVP (5)", 10: "Real NVP (10)"}.get(layers, "Real NVP (5)")
     if flow == "nsf":
         return "RQ-NSF (AR)" if hparams.get("form") == "autoregressive" else "RQ-NSF (C)"

@@ -143,17 +143,20 @@ class SplineCoupling(FlowLayer):
         num_bins, tail_bound: ``K`` and ``B``.
         hidden_units, activation: the conditioner MLP.
         dtype: the flow's dtype.
+        residual_blocks, dropout: the MLP's residual blocks and dropout rate (:class:`flows.nn.MLP`; dropout
+            acts in ``inverse(x, training=True)`` only).
     """
 
     def __init__(self, mask, num_bins: int, tail_bound: float, hidden_units, dtype="float32",
-                 activation: str = "relu", name=None):
+                 activation: str = "relu", residual_blocks: int = 0, dropout: float = 0.0, name=None):
         super().__init__(name=name)
         self.dtype = as_dtype(dtype)
         mask = np.asarray(mask, dtype=bool)
         self.d, self.num_bins, self.tail_bound = mask.shape[0], int(num_bins), float(tail_bound)
         self.kept = tf.constant(mask)
         self.mask = tf.constant(mask, self.dtype)
-        self.net = MLP(self.d, self.d * (3 * self.num_bins - 1), hidden_units, self.dtype, activation=activation)
+        self.net = MLP(self.d, self.d * (3 * self.num_bins - 1), hidden_units, self.dtype, activation=activation,
+                       residual_blocks=residual_blocks, dropout=dropout)
 
     def _apply(self, v, inverse, training=False):
         params = tf.reshape(self.net(v * self.mask, training=training), [-1, self.d, 3 * self.num_bins - 1])
@@ -179,11 +182,14 @@ def _linear_layer(d, dtype, i, lu_linear):
     "nsf",
     {"num_layers": 4, "form": Option("coupling", choices=FORMS), "num_bins": Option(8, low=2, doc="K bins"),
      "tail_bound": Option(3.0, low=0.0, positive=True), "hidden_units": [64, 64], "lu_linear": True,
-     "activation": Option("relu", choices=tuple(sorted(ACTIVATIONS)), doc="hidden activation")},
+     "activation": Option("relu", choices=tuple(sorted(ACTIVATIONS)), doc="hidden activation"),
+     "residual_blocks": Option(0, low=0, doc="residual blocks of width hidden_units[0] per conditioner; 0: a plain "
+                                             "MLP / MADE"),
+     "dropout": Option(0.0, low=0.0, below=1.0, doc="dropout rate of the conditioners, in training only")},
     paper="Durkan, Bekasov, Murray, Papamakarios 2019, Neural Spline Flows, https://arxiv.org/abs/1906.04032",
 )
 def build_nsf(event_shape, dtype, *, num_layers, form, num_bins, tail_bound, hidden_units, lu_linear,
-              activation) -> Flow:
+              activation, residual_blocks, dropout) -> Flow:
     """Neural Spline Flow (Durkan et al. 2019): rational-quadratic spline steps with linear mixing between them.
 
     ``form = "coupling"`` (RQ-NSF (C)): :class:`SplineCoupling` with alternating masks; one pass each way.
@@ -191,6 +197,14 @@ def build_nsf(event_shape, dtype, *, num_layers, form, num_bins, tail_bound, hid
     parameters; density one pass, sampling ``d`` passes.  Between consecutive steps an LU-parametrised
     linear layer (``lu_linear``, ``flows.glow.LULinear``) or a fixed random permutation.
     ``num_bins`` = K bins on ``[-tail_bound, tail_bound]``; identity outside.
+
+    Conditioners as the paper's (after nflows' ``ResidualNet`` and residual MADE; the paper's tabular models use
+    "2 residual blocks of 256 units"): ``residual_blocks`` > 0 makes every conditioner (the coupling MLP, or the
+    MADE, whose residual stream keeps the autoregressive masks) a linear stem to width ``hidden_units[0]``, that
+    many residual blocks ``h + L2(dropout(act(L1(act(h)))))`` and the output layer (``hidden_units`` must then be
+    all equal; only that width counts); ``dropout`` drops hidden units during training only (``log_prob(x,
+    training=True)``, which training uses), so evaluation and sampling are deterministic.  0 and 0.0 (defaults):
+    the plain MLP / MADE of ``hidden_units``.
 
     Example::
 
@@ -212,15 +226,24 @@ def build_nsf(event_shape, dtype, *, num_layers, form, num_bins, tail_bound, hid
     if 2.0 * tail_bound <= num_bins * MIN_BIN:
         raise ValueError(f"nsf: tail_bound = {tail_bound!r} is too small for {num_bins} bins of width >= {MIN_BIN}")
     units = check_hidden_units(hidden_units, "nsf")
+    if isinstance(residual_blocks, bool) or not isinstance(residual_blocks, int) or residual_blocks < 0:
+        raise ValueError(f"nsf: residual_blocks = {residual_blocks!r} must be an integer >= 0")
+    if residual_blocks and len(set(units)) != 1:
+        raise ValueError(f"nsf: with residual_blocks = {residual_blocks} the conditioners' hidden width is that of "
+                         f"the residual stream, so hidden_units must be all equal; got {list(units)}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"nsf: dropout = {dropout!r} must be in [0, 1)")
     layers = []
     for i in range(num_layers):
         if i > 0:
             layers.append(_linear_layer(d, dtype, i, lu_linear))
         if form == "coupling":
             layers.append(SplineCoupling(alternating_mask(d, i), num_bins, tail_bound, units, dtype, activation,
+                                         residual_blocks=residual_blocks, dropout=dropout,
                                          name=f"spline_coupling_{i}"))
         else:
-            made = MaskedMLP(d, 3 * num_bins - 1, units, dtype, activation=activation)
+            made = MaskedMLP(d, 3 * num_bins - 1, units, dtype, activation=activation,
+                             residual_blocks=residual_blocks, dropout=dropout)
             fn = RQSBijectorFn(made, num_bins, tail_bound)
             layers.append(MaskedAutoregressive(made, fn, one_pass=fn.one_pass, name=f"spline_autoregressive_{i}"))
     return Flow(layers, event_shape, dtype, name="nsf")

@@ -107,22 +107,24 @@ def _checked(raw) -> dict:
         raise OptionsError(f"<top level> = {raw!r} is invalid: a mapping of sections")
     top = check_options({"seed": 0, "flow": "", "dataset": "", "grid": {}, "flows": {}, "datasets": {}, "data": {},
                          "figures": {}}, raw, "")
+    aliases = model_names(top["flows"])
     for key in ("flow", "dataset"):  # the messages the README shows: "flow = 'nope' is invalid: accepted flows: ..."
-        if raw.get(key) not in (fd.DATASETS if key == "dataset" else flows.FLOWS):
-            names = fd.DATASETS if key == "dataset" else flows.FLOWS
+        if raw.get(key) not in (fd.DATASETS if key == "dataset" else aliases):
+            names = fd.DATASETS if key == "dataset" else aliases
             raise OptionsError(f"{key} = {raw.get(key)!r} is invalid: accepted {key}s: {_accepted(names)}")
     seed = check_options({"seed": Option(0, low=0)}, {"seed": raw.get("seed", 0)}, "")["seed"]
     grid = check_options({"flows": Option([], min_len=1, doc="names"), "datasets": Option([], min_len=1, doc="names")},
                          top["grid"], "grid")
-    for sub, names in (("flows", flows.FLOWS), ("datasets", fd.DATASETS)):
+    for sub, names in (("flows", aliases), ("datasets", fd.DATASETS)):
         items = grid[sub]
         if len(set(items)) != len(items):
             raise OptionsError(f"grid.{sub} = {items!r} is invalid: names must not repeat")
         for i, item in enumerate(items):
             if item not in names:
                 raise OptionsError(f"grid.{sub}[{i}] = {item!r} is invalid: accepted {sub}: {_accepted(names)}")
-    flow_sections = check_options({n: Option({}, nullable=True) for n in flows.FLOWS}, top["flows"], "flows")
-    full_flows = {n: flows.check_hparams(n, hp, where=f"flows.{n}") for n, hp in flow_sections.items()}
+    flow_sections = check_options({n: Option({}, nullable=True) for n in aliases}, top["flows"], "flows")
+    full_flows = {n: flows.check_hparams(aliases[n], {k: v for k, v in (hp or {}).items() if k != "flow"},
+                                         where=f"flows.{n}") for n, hp in flow_sections.items()}
     ds_sections = check_options({n: Option({}, nullable=True) for n in fd.DATASETS}, top["datasets"], "datasets")
     full_ds = {}
     for dname, section in ds_sections.items():
@@ -133,13 +135,13 @@ def _checked(raw) -> dict:
             if isinstance(section, dict) and part in section and section[part] is None:  # null: refused, not defaulted
                 check_options(schema, None, f"{key}.{part}", allow_none=False)
         parts = check_options({"data": {}, "train": {}, "overrides": {}}, section, key)
-        overrides = check_options({n: Option({}) for n in flows.FLOWS}, parts["overrides"], f"{key}.overrides")
+        overrides = check_options({n: Option({}) for n in aliases}, parts["overrides"], f"{key}.overrides")
         kind = fd.DATASETS[dname].kind
         for fname, over in overrides.items():
             okey = f"{key}.overrides.{fname}"
             over = check_options({"hparams": {}, "train": {}}, over, okey)
             cell_settings(full_flows, {"train": {}, "overrides": {fname: over}}, fname, kind,
-                          where=f"{okey}.hparams")
+                          where=f"{okey}.hparams", flow=aliases[fname])
         full_ds[dname] = {"data": fd.check_params(dname, parts["data"], f"{key}.data"),
                           "train": dict(parts["train"]),
                           "overrides": {f: {"hparams": dict(o.get("hparams") or {}), "train": dict(o.get("train") or {})}
@@ -147,27 +149,67 @@ def _checked(raw) -> dict:
         TrainConfig.from_options(parts["train"], f"{key}.train")
         for fname, o in full_ds[dname]["overrides"].items():
             TrainConfig.from_options(o["train"], f"{key}.overrides.{fname}.train")
-    data = check_options({"mirror": Option("", doc="a directory or URL, or empty")}, top["data"], "data")
+    data = check_options({"mirror": Option("", doc="a directory or URL, or empty"),
+                          "extra": Option([], doc="data sets this file's own pipeline downloads and prepares")},
+                         top["data"], "data")
+    for i, name in enumerate(data["extra"]):
+        if name not in fd.DATASETS:
+            raise OptionsError(f"data.extra[{i}] = {name!r} is invalid: accepted datasets: {_accepted(fd.DATASETS)}")
     figures = check_options({k: Option(v, low=1) for k, v in FIGURES.items()}, top["figures"], "figures")
     params = {"seed": seed, "figures": figures, "flow": raw["flow"], "dataset": raw["dataset"],
               "grid": {"flows": list(grid["flows"]), "datasets": list(grid["datasets"])},
-              "flows": full_flows, "datasets": full_ds, "data": data}
+              "flows": full_flows, "datasets": full_ds, "data": data, "aliases": aliases}
     for f in grid["flows"]:  # every cell of the table resolves (its form's options, its data set's overrides)
         for d in grid["datasets"]:
             spec = fd.DATASETS[d]
-            hparams, _ = cell_settings(full_flows, full_ds[d], f, spec.kind, seed)
-            image = model_kind(f, spec.kind) == "image"
+            hparams, _ = cell_settings(full_flows, full_ds[d], f, spec.kind, seed, flow=aliases[f])
+            image = model_kind(aliases[f], spec.kind) == "image"
             shape = spec.event_shape if image else [int(np.prod(spec.event_shape))]
-            flows.registry.check_size(f, shape, hparams, where=f"flows.{f} (on {d})")
+            flows.registry.check_size(aliases[f], shape, hparams, where=f"flows.{f} (on {d})")
     return params
 
 
-def cell_settings(params: dict, flow: str, dataset: str):
+def model_names(sections) -> dict:
+    """{model name: registered flow} for params.yaml's ``flows`` section: every registered flow under its own name,
+    plus each named configuration (a section with a ``flow:`` key, e.g. ``maf10: {flow: maf, num_layers: 10}``,
+    so that one table can hold MAF (5) and MAF (10))."""
+    import re
+
+    import flows
+    from flows.options import OptionsError
+
+    names = {n: n for n in flows.FLOWS}
+    for name, section in (sections or {}).items() if isinstance(sections, dict) else ():
+        if name in flows.FLOWS and not (isinstance(section, dict) and "flow" in section):
+            continue
+        target = section.get("flow") if isinstance(section, dict) else None
+        if target not in flows.FLOWS:
+            raise OptionsError(f"flows.{name} is invalid: accepted flows: {_accepted(flows.FLOWS)}, or a named "
+                               f"configuration with a key flow: <one of them>")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)):
+            raise OptionsError(f"flows.{name}: a configuration's name is lower-case letters, digits and _ only")
+        names[name] = target
+    return names
+
+
+def flow_of(params: dict, name: str) -> str:
+    """The registered flow of model ``name`` (a flow's own name, or a named configuration's ``flow``)."""
+    return params["aliases"].get(name, name)
+
+
+def cell_settings(params: dict, name: str, dataset: str):
     """(hyper-parameters, :class:`flows.training.TrainConfig`) of one cell (see :func:`flows.experiment.cell_settings`)."""
     import flows.datasets as fd
     from flows.experiment import cell_settings as resolve
 
-    return resolve(params["flows"], params["datasets"][dataset], flow, fd.DATASETS[dataset].kind, params["seed"])
+    return resolve(params["flows"], params["datasets"][dataset], name, fd.DATASETS[dataset].kind, params["seed"],
+                   flow=flow_of(params, name))
+
+
+def params_arg(ap) -> None:
+    """The ``--params`` option every stage takes: the params file (default params.yaml; the paper pipeline passes
+    params-paper.yaml)."""
+    ap.add_argument("--params", default=PARAMS_FILE, help="params file (default params.yaml)")
 
 
 # --------------------------------------------------------------------------------------------- paths

@@ -24,14 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import StageError, atomic_path, cell_name, cell_settings, load_params, run_main  # noqa: E402
+from stages.common import (  # noqa: E402
+    StageError, atomic_path, cell_name, cell_settings, flow_of, load_params, params_arg, run_main,
+)
 
 #: the directory of the cells' settings files (a DVC output, kept in git)
 CONFIG_DIR = Path("configs")
 #: the settings file of the experiment chosen by params.yaml's ``flow`` and ``dataset``
 EXPERIMENT = "experiment"
 #: the keys of every settings file
-KEYS = ("flow", "dataset", "seed", "hparams", "train", "data")
+KEYS = ("flow", "model", "dataset", "seed", "hparams", "train", "data")
 
 
 def config_path(flow: str, dataset: str) -> Path:
@@ -49,8 +51,8 @@ def resolve(params: dict, flow: str, dataset: str) -> dict:
     resolves them for the pipeline."""
     hparams, config = cell_settings(params, flow, dataset)
     train = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
-    return {"flow": flow, "dataset": dataset, "seed": params["seed"], "hparams": hparams, "train": train,
-            "data": params["datasets"][dataset]["data"]}
+    return {"flow": flow, "model": flow_of(params, flow), "dataset": dataset, "seed": params["seed"],
+            "hparams": hparams, "train": train, "data": params["datasets"][dataset]["data"]}
 
 
 def to_text(settings: dict) -> str:
@@ -77,22 +79,27 @@ def read_config(path: str | Path, flow: str, dataset: str) -> dict:
 
 
 def main(argv=None):
-    if argv:
-        raise StageError(f"configure takes no arguments (got {' '.join(argv)})")
-    params = load_params()
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    params_arg(ap)
+    ap.add_argument("--out", default=str(CONFIG_DIR), help="directory of the settings files (default configs)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    params = load_params(args.params)
     files = {config_path(f, d).name: to_text(resolve(params, f, d))
              for f in params["grid"]["flows"] for d in params["grid"]["datasets"]}
     files[experiment_path().name] = to_text(resolve(params, params["flow"], params["dataset"]))
 
-    old = {p.name: p.read_text() for p in CONFIG_DIR.glob("*.json")} if CONFIG_DIR.is_dir() else {}
-    with atomic_path(CONFIG_DIR) as tmp:  # all files at once; files of cells no longer in the grid go
+    old = {p.name: p.read_text() for p in out.glob("*.json")} if out.is_dir() else {}
+    with atomic_path(out) as tmp:  # all files at once; files of cells no longer in the grid go
         tmp.mkdir()
         for name, text in files.items():
             (tmp / name).write_text(text)
     changed = sorted(Path(n).stem for n, text in files.items() if old.get(n) != text)
     removed = sorted(Path(n).stem for n in set(old) - set(files))
     parts = [f"{what}: {_names(cells)}" for what, cells in (("changed", changed), ("removed", removed)) if cells]
-    print(f"configure: {len(files)} settings files in {CONFIG_DIR}/ ({'; '.join(parts) or 'none changed'})")
+    print(f"configure: {len(files)} settings files in {out}/ ({'; '.join(parts) or 'none changed'})")
 
 
 def _names(cells: list[str], most: int = 8) -> str:
@@ -101,4 +108,4 @@ def _names(cells: list[str], most: int = 8) -> str:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(sys.argv[1:]))
+    run_main(main)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import ParamsError, StageError, load_params, raw_dir, reset_unless_stamped, run_main  # noqa: E402
+from stages.common import ParamsError, StageError, load_params, params_arg, raw_dir, reset_unless_stamped, run_main  # noqa: E402
 
 
 @contextmanager
@@ -61,8 +61,9 @@ def resumable_dir(out: Path, settings: dict):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset")
+    params_arg(ap)
     args = ap.parse_args(argv)
-    params = load_params()
+    params = load_params(args.params)
     import flows.datasets as fd
 
     if args.dataset not in fd.DATASETS:

@@ -21,27 +21,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.common import (  # noqa: E402
-    cell_name, cell_settings, data_fingerprint, load_checked_splits, load_params, prepare_checkpoints, run_main,
-    worker_resume_dir, write_history, write_json,
+    cell_name, cell_settings, data_fingerprint, flow_of, load_checked_splits, load_params, params_arg,
+    prepare_checkpoints, run_main, worker_resume_dir, write_history, write_json,
 )
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flow", required=True)
+    ap.add_argument("--flow", required=True, help="a flow, or a named configuration of params' flows section")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--out", help="model directory (default models/<flow>-<dataset>)")
     ap.add_argument("--history", help="history CSV (default plots/history/<flow>-<dataset>.csv)")
     ap.add_argument("--metrics", help="training metrics JSON (default metrics/train/<flow>-<dataset>.json)")
     ap.add_argument("--stage", help="DVC stage name, for the MLflow tag")
     ap.add_argument("--checkpoints", help="checkpoint directory (default checkpoints/<name of the model directory>)")
+    params_arg(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    params = load_params()
+    params = load_params(args.params)
     hparams, config = cell_settings(params, args.flow, args.dataset)  # refuses an unknown flow or data set
+    flow_name = flow_of(params, args.flow)  # the registered flow of a named configuration (maf10 -> maf)
     cell, seed = cell_name(args.flow, args.dataset), params["seed"]
     out, stage = Path(args.out or f"models/{cell}"), args.stage or f"train@{cell}"
     import tensorflow as tf
@@ -56,8 +58,8 @@ def main(argv=None):
     splits = load_checked_splits(args.dataset)
     train = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
     ckpt_dir = Path(args.checkpoints or f"checkpoints/{out.name}")
-    fingerprint = {"flow": args.flow, "dataset": args.dataset, "seed": seed, "hparams": hparams, "train": train,
-                   "data": data_fingerprint(args.dataset)}
+    fingerprint = {"flow": args.flow, "model": flow_name, "dataset": args.dataset, "seed": seed, "hparams": hparams,
+                   "train": train, "data": data_fingerprint(args.dataset)}
     resume = prepare_checkpoints(ckpt_dir, fingerprint) if chief else None
     fit_dir = ckpt_dir if chief else Path(worker_resume_dir(ckpt_dir, fingerprint))  # a worker writes nothing here
     if config.mixed_precision:
@@ -68,13 +70,13 @@ def main(argv=None):
         tf.config.experimental.enable_op_determinism()  # GPU reductions need it; CPU kernels are deterministic
     set_seed(seed)
     with strategy.scope():
-        flow, transform, model_shape = model_for_data(args.flow, hparams, spec.kind, spec.event_shape,
+        flow, transform, model_shape = model_for_data(flow_name, hparams, spec.kind, spec.event_shape,
                                                       spec.levels, config.logit_alpha)
     run = tracking.Run(name=cell, tags=tracking.run_tags(stage, flow=args.flow, dataset=args.dataset, kind=spec.kind,
                                                          device=tracking.device_name(strategy),
                                                          **({"resumed_from": resume} if resume else {}))) if chief else None
     if run:
-        run.log_params({"flow": args.flow, "dataset": args.dataset, "seed": seed, "hp": hparams, "train": train,
+        run.log_params({"flow": args.flow, "model": flow_name, "dataset": args.dataset, "seed": seed, "hp": hparams, "train": train,
                         "data": params["datasets"][args.dataset]["data"], "n_train": len(splits.train),
                         "model_shape": list(model_shape)})
     try:
@@ -93,7 +95,7 @@ def main(argv=None):
             save_for_data(flow, Path(tmp) / "model", args.dataset, transform)
         return print(f"{stage} (worker {strategy.cluster_resolver.task_type}:{strategy.cluster_resolver.task_id}): "
                      f"best validation NLL {history.best_val_loss:.4f} nats; the chief writes the outputs")
-    save_for_data(flow, out, args.dataset, transform, train=train, seed=seed, mlflow_run_id=run.run_id,
+    save_for_data(flow, out, args.dataset, transform, name=args.flow, train=train, seed=seed, mlflow_run_id=run.run_id,
                   mlflow_tracking_uri=run.uri)
     write_history(Path(args.history or f"plots/history/{cell}.csv"), history)
     metrics_path = Path(args.metrics or f"metrics/train/{cell}.json")

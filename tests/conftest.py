@@ -42,6 +42,7 @@ SYSTEM_TESTS = frozenset({
     "test_dvc_deps.py::test_editing_code_evaluate_imports_makes_evaluate_stale",
     "test_dvc_deps.py::test_one_override_makes_only_its_cell_stale",
     "test_dvc_deps.py::test_choosing_another_experiment_makes_only_the_experiment_stale",
+    "test_dvc_deps.py::test_default_repro_never_runs_a_paper_stage",
 })
 
 

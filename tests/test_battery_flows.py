@@ -43,6 +43,13 @@ VARIANTS = {
     "nsf": [{"form": "autoregressive"}],
     "ffjord": [{"num_blocks": 2}],
 }
+#: extra vector cases that also enter every check of the plain cases (sampling, out-of-domain inputs, graph/XLA,
+#: dtypes, persistence): options that change more than the layers' structure (another base density, dropout)
+FULL_VARIANTS = {
+    "maf": [{"mog_components": 3}],  # MAF MoG: a MADE MoG base density, its own sampling
+    "nsf": [{"residual_blocks": 1, "dropout": 0.1},  # the NSF paper's conditioners, both forms
+            {"form": "autoregressive", "residual_blocks": 1, "dropout": 0.1}],
+}
 #: flows whose log_prob does not compile with XLA (tf.function(jit_compile=True)) on CPU, with the reason;
 #: the XLA check asserts that these really fail and that every other flow compiles and agrees
 XLA_UNSUPPORTED: dict = {}
@@ -56,6 +63,7 @@ class Case:
     kind: str
     hparams: dict = field(default_factory=dict, hash=False, compare=False)
     variant: str = ""
+    full: bool = False  # a variant of FULL_VARIANTS
 
     @property
     def id(self) -> str:
@@ -83,16 +91,18 @@ def _cases():
         for kind in spec.kinds:
             out.append(Case(name, kind, _small(name, kind)))
             if kind == "vector":
-                for extra in VARIANTS.get(name, []):
-                    label = ",".join(f"{k}={v}" for k, v in extra.items())
-                    out.append(Case(name, kind, _small(name, kind, extra), label))
+                for full, variants in ((False, VARIANTS), (True, FULL_VARIANTS)):
+                    for extra in variants.get(name, []):
+                        label = ",".join(f"{k}={v}" for k, v in extra.items())
+                        out.append(Case(name, kind, _small(name, kind, extra), label, full))
     return out
 
 
-#: every case (the VARIANTS included) for the numerical checks; the plain cases (one per flow and kind) for the
-#: checks that a variant's options cannot change (graph/XLA, dtypes, persistence, out-of-domain inputs)
+#: every case (the VARIANTS included) for the numerical checks; the plain cases (one per flow and kind) and the
+#: FULL_VARIANTS for the checks that the other variants' options cannot change (graph/XLA, dtypes, persistence,
+#: out-of-domain inputs)
 CASES = _cases()
-PLAIN = [c for c in CASES if not c.variant]
+PLAIN = [c for c in CASES if not c.variant or c.full]
 SAMPLERS = [c for c in CASES if c.can_sample]
 VECTOR = [c for c in CASES if c.kind == "vector"]
 KINDS = [(name, kind) for name, spec in flows.FLOWS.items() for kind in spec.kinds]
@@ -367,7 +377,8 @@ def test_bad_options_are_one_line_errors_naming_the_key(name, kind):
     options = spec.options(kind)
     with pytest.raises(OptionsError) as info:
         flows.build_flow(name, shape, no_such_knob=1)
-    assert str(info.value) == f"flows.{name} has no setting 'no_such_knob'; accepted: {', '.join(sorted(options))}"
+    listed = ", ".join(sorted(options)) or "none"  # the gaussian has no options
+    assert str(info.value) == f"flows.{name} has no setting 'no_such_knob'; accepted: {listed}"
     for key, opt in options.items():
         with pytest.raises(OptionsError) as info:
             flows.build_flow(name, shape, **{key: _wrong_type(opt.default)})

@@ -27,7 +27,10 @@ import yaml
 from helpers import ROOT, copy_repo, stage_env
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-STAGES = DVC_YAML["stages"]
+#: the stages of both pipelines: the default one (dvc.yaml) and the paper-scale one (paper/dvc.yaml, its stages
+#: run from the repository root: wdir ..), the latter's names prefixed with "paper:"
+STAGES = {**DVC_YAML["stages"], **{f"paper:{k}": v.get("do", v) for k, v in
+                                   yaml.safe_load((ROOT / "paper" / "dvc.yaml").read_text())["stages"].items()}}
 #: `python <script>.py` in a stage's command
 SCRIPT_RE = re.compile(r"(?:^|[\s;&|(])python3?\s+(?:-\S+\s+)*(\S+\.py)\b")
 #: calls that import a module named by a string
@@ -327,3 +330,21 @@ def test_choosing_another_experiment_makes_only_the_experiment_stale(configured)
     assert {"changed deps": {"configs/experiment.json": "modified"}} in status["train_exp"], status
     assert (settings["flow"], settings["dataset"]) == choice
     assert stale(repo) == {}
+
+
+def test_default_repro_never_runs_a_paper_stage(copy):
+    """The quick start's `dvc repro` (the root dvc.yaml) and the paper pipeline (paper/dvc.yaml) are separate: a
+    forced dry run of the default pipeline names every default stage and no paper stage; the paper pipeline's
+    own dry run names its cells (and the POWER data stages it shares)."""
+    repo, _ = copy
+    default = run(repo, "dvc", "repro", "--dry", "-f").stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", default))
+    assert "report" in ran and "train@maf-moons" in ran, default[-2000:]
+    assert not any(s.startswith("paper/") for s in ran), sorted(ran)
+    paper = run(repo, "dvc", "repro", "--dry", "-f", "paper/dvc.yaml").stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", paper))
+    grid = yaml.safe_load((repo / "params-paper.yaml").read_text())["grid"]
+    for flow in grid["flows"]:
+        assert f"paper/dvc.yaml:train@{flow}-power" in ran, sorted(ran)
+    assert "paper/dvc.yaml:report" in ran and "prepare@power" in ran
+    assert not any(s.startswith(("train@", "evaluate@")) for s in ran), sorted(ran)

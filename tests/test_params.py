@@ -35,6 +35,28 @@ def test_paper_params_are_valid():
     assert params["datasets"]["power"]["train"]["steps"] >= 100_000
 
 
+def test_paper_power_rows_build_and_match_their_published_row():
+    """Every cell of the paper grid is a named configuration of a registered flow that builds for POWER (6-D) and
+    maps to its own row of the papers' tables (flows/published.py), each row once."""
+    import flows
+    from flows.published import lookup
+    from stages.common import cell_settings, flow_of
+
+    params = load_params(ROOT / "params-paper.yaml")
+    assert params["grid"]["datasets"] == ["power"]
+    rows = {}
+    for name in params["grid"]["flows"]:
+        hparams, config = cell_settings(params, name, "power")
+        flow = flows.build_flow(flow_of(params, name), [6], **hparams)
+        assert flow.config["flow"] == flow_of(params, name)
+        pub = lookup(flow_of(params, name), "power", params["flows"][name])
+        assert pub is not None, name
+        rows[pub[0]] = name
+        assert config.steps >= 5000 and config.max_val == 184435  # the whole validation split
+    assert set(rows) == {"Gaussian", "MADE", "MADE MoG", "Real NVP (5)", "Real NVP (10)", "MAF (5)", "MAF (10)",
+                         "MAF MoG (5)"}, rows
+
+
 def test_paper_image_params_are_valid_and_every_cell_builds():
     """params-paper-images.yaml: Real NVP and Glow on MNIST and CelebA 64x64; each cell's architecture fits its
     images (Glow's levels each halve the side: 28 allows 2, 64 allows 4) and the logit alpha is the protocol's."""
@@ -76,7 +98,8 @@ BAD = [
     (("datasets", "moons", "train", "epochs"), 3, ["datasets.moons.train", "'epochs'", "accepted", "steps"]),
     (("flows", "maf", "num_layers"), "five", ["flows.maf", "num_layers", "'five'", "integer"]),
     (("flows", "maf", "depth"), 3, ["flows.maf", "'depth'", "accepted", "num_layers"]),
-    (("flows", "nope"), {}, ["flows has no setting 'nope'", "accepted", "maf"]),
+    (("flows", "nope"), {}, ["flows.nope is invalid", "accepted flows", "maf", "named configuration"]),
+    (("flows", "maf10"), {"flow": "maf", "num_layer": 10}, ["flows.maf10 has no setting 'num_layer'", "num_layers"]),
     (("datasets", "nope"), {}, ["datasets has no setting 'nope'", "accepted", "moons"]),
     (("colour",), "red", ["'colour'", "accepted", "grid"]),
     (("datasets", "moons", "train", "jit_compile"), "yes", ["datasets.moons.train.jit_compile", "'yes'", "true or false"]),
