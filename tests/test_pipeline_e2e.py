@@ -110,7 +110,7 @@ def test_one_flow_change_invalidates_only_that_flow(repo, first_repro):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:  # params reach the train cells through configure's per-cell settings files (configs/<cell>.json)
         run(repo, "dvc", "repro", "-s", "configure")
-        status = json.loads(run(repo, "dvc", "status", "--json").stdout)
+        status = json.loads(run(repo, "dvc", "status", "--json", "dvc.yaml").stdout)
     finally:
         (repo / "params.yaml").write_text(original)
         run(repo, "dvc", "repro", "-s", "configure")
@@ -132,7 +132,7 @@ def test_dvc_remote_push_pull(repo, first_repro, tmp_path):
     run(repo, "dvc", "pull")
     assert model.read_text() == before
     assert (repo / "data" / "processed" / "moons" / "manifest.json").exists()
-    status = run(repo, "dvc", "status", "--json").stdout
+    status = run(repo, "dvc", "status", "--json", "dvc.yaml").stdout
     assert json.loads(status) == {}, status
 
 
