@@ -28,6 +28,7 @@ def parse_args(argv=None):
     ap.add_argument("--plot", default="plots/results.png", help="the figure (default plots/results.png)")
     ap.add_argument("--name", default="report", help="the MLflow run's name")
     ap.add_argument("--paper", action="store_true", help="the paper-scale table's title and notes")
+    ap.add_argument("--budgets", help="YAML of each published row's training budget (paper/budgets.yaml)")
     return ap.parse_args(argv)
 
 
@@ -81,10 +82,23 @@ DEFAULT_NOTE = [
 ]
 
 
-def to_markdown(rows, title="Results", note=DEFAULT_NOTE) -> str:
+def budget(row, budgets: dict) -> str:
+    """Our budget beside the paper's: steps done (of the paper's, where it gives a step count, with the time the
+    paper's budget would take at our measured speed)."""
+    paper = budgets.get(row.get("published_model"), {})
+    text = f"{int(row['steps']):,} steps" if row["steps"] not in ("", None) else ""
+    if paper.get("steps") and row["steps"] and row["train_seconds"]:
+        hours = float(row["train_seconds"]) / float(row["steps"]) * paper["steps"] / 3600
+        text += f" of the paper's {paper['steps']:,} ({hours:.1f} h for all at our speed)"
+    return text
+
+
+def to_markdown(rows, title="Results", note=DEFAULT_NOTE, budgets=None) -> str:
+    extra = budgets is not None
     lines = [f"# {title}", "", *HEADER, *note, "",
-             "| flow | dataset | test LL (nats) | bits/dim | KL (nats) | published | N test | steps | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| flow | dataset | test LL (nats) | bits/dim | KL (nats) | published | N test | steps | train s |"
+             + (" budget (ours; the paper's below) |" if extra else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for r in rows:
         ll = f"{_fmt(r['test_ll'])} ± {_fmt(2 * r['test_ll_se'])}" if r["test_ll"] != "" else ""
         pub = "–"
@@ -95,8 +109,11 @@ def to_markdown(rows, title="Results", note=DEFAULT_NOTE) -> str:
             pub += f", {r['diff_in_se']:+.1f} se"
         lines.append(
             f"| {r['flow']} | {r['dataset']} | {ll} | {_fmt(r['bits_per_dim'])} | {_fmt(r['kl_to_truth'])} | {pub} | "
-            f"{r['n_test']} | {r['steps']} | {_fmt(r['train_seconds'], 1)} |"
+            f"{r['n_test']} | {r['steps']} | {_fmt(r['train_seconds'], 1)} |" + (f" {budget(r, budgets)} |" if extra else "")
         )
+    if extra:
+        used = list(dict.fromkeys(r["published_model"] for r in rows if r["published_model"] in budgets))
+        lines += ["", "The papers' budgets:", ""] + [f"- {m}: {budgets[m]['rule']}" for m in used]
     return "\n".join(lines) + "\n"
 
 
@@ -142,12 +159,17 @@ def main(argv=None):
     writer.writerows(rows)
     outputs = (metrics_dir / "results.csv", metrics_dir / "results.md", Path(args.plot))
     title, note = ("Results at paper scale", PAPER_NOTE) if args.paper else ("Results", DEFAULT_NOTE)
+    budgets = None
+    if args.budgets:
+        import yaml
+
+        budgets = yaml.safe_load(Path(args.budgets).read_text()) or {}
     # all three are written to temporary files first and renamed only once every one is complete, so an
     # unwritable directory (or a failing figure) leaves none of them half-updated
     with ExitStack() as stack:
         csv_tmp, md_tmp, png_tmp = (stack.enter_context(atomic_path(p)) for p in outputs)
         csv_tmp.write_text(buf.getvalue())
-        md_tmp.write_text(to_markdown(rows, title, note))
+        md_tmp.write_text(to_markdown(rows, title, note, budgets))
         figure(rows, png_tmp)
 
     from stages import tracking
