@@ -170,7 +170,12 @@ def build_flow(name: str, event_shape, dtype="float32", **hparams) -> Flow:
     full = check_hparams(name, hparams, kind=kind)
     check_size(name, event_shape, full)
     dtype = as_dtype(dtype)
-    flow = spec.variants[kind].builder(event_shape, dtype, **full)
+    try:
+        flow = spec.variants[kind].builder(event_shape, dtype, **full)
+    except OptionsError:
+        raise
+    except ValueError as exc:  # a builder refuses these options for this event shape: bad input, one line
+        raise OptionsError(f"flows.{name} on event shape {list(event_shape)}: {' '.join(str(exc).split())}") from exc
     if not isinstance(flow, Flow):
         raise TypeError(f"builder of flow {name!r} returned {type(flow).__name__}, not a Flow")
     # not a tracked attribute: the checkpoint's object graph stays that of the layers alone

@@ -273,7 +273,7 @@ def test_editing_code_evaluate_imports_makes_evaluate_stale(copy, edited):
     repo, names = copy
     closure, _ = import_closure(ROOT / "stages" / "evaluate.py")
     if (ROOT / edited).resolve() not in closure:
-        pytest.skip(f"stages/evaluate.py no longer imports {edited}")
+        pytest.fail(f"stages/evaluate.py no longer imports {edited}: update this parametrisation")
     flows, datasets = grid(repo)
     evaluate = {f"evaluate@{f}-{d}" for f in flows for d in datasets} | {"evaluate_exp"}
     assert evaluate <= set(names)
@@ -295,7 +295,7 @@ def test_one_override_makes_only_its_cell_stale(configured):
     repo, names = configured
     flows, datasets = grid(repo)
     if "nsf" not in flows or "power" not in datasets:
-        pytest.skip("the grid has no nsf-power cell")
+        pytest.fail("the grid has no nsf-power cell: this test edits its override")
     steps = json.loads((repo / "configs" / "nsf-power.json").read_text())["train"]["steps"]
     with restored(repo, "params.yaml", "configs"):
         params = yaml.safe_load((repo / "params.yaml").read_text())

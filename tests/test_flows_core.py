@@ -239,6 +239,9 @@ def test_nsf_rejects_unknown_form_and_bad_values():
 
 # ---------------------------------------------------------------- MADE MoG
 def test_made_mog_normalises_and_samples_match_density():
+    from flows.training import set_seed
+
+    set_seed(0)  # the initial weights come from TF's global generator: fixed here, whatever ran before
     flow = flows.build_flow("made", [2], "float64", num_components=3, hidden_units=[16, 16])
     perturb(flow, 0.3, seed=5)
     g = np.linspace(-10.0, 10.0, 401)
@@ -250,8 +253,10 @@ def test_made_mog_normalises_and_samples_match_density():
     neg_entropy = float((p * lp).sum())
     s = flow.sample(4000, seed=7)
     assert s.shape == (4000, 2) and s.dtype == tf.float64
-    mean_lp = float(tf.reduce_mean(flow.log_prob(s)))
-    assert abs(mean_lp - neg_entropy) < 0.1, (mean_lp, neg_entropy)
+    lp_s = flow.log_prob(s).numpy()
+    mean_lp, se = float(lp_s.mean()), float(lp_s.std(ddof=1) / np.sqrt(len(lp_s)))
+    # E_p[log p] from the samples vs. the grid's sum p log p: equal up to Monte Carlo noise (5 se) and the grid's error
+    assert abs(mean_lp - neg_entropy) < 5 * se + 0.01, (mean_lp, neg_entropy, se)
     # the first feature's marginal is a 1-D mixture: its sample mean matches the grid mean
     grid_mean = float((p.reshape(xx.shape).sum(0) * g).sum())
     assert abs(float(tf.reduce_mean(s[:, 0])) - grid_mean) < 0.1

@@ -151,6 +151,14 @@ def test_run_main_keeps_the_traceback_of_a_bug(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: flows.maf.num_layers = 0 is invalid"), err
 
+    def refused_by_builder():  # options valid one by one, refused together for this event shape
+        flows.build_flow("glow", [8, 8, 1], num_scales=4)
+
+    with pytest.raises(SystemExit):
+        run_main(refused_by_builder)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: flows.glow on event shape [8, 8, 1]:"), err
+
     def bug():
         raise ValueError("an internal inconsistency")  # not a project error type: a bug
 
