@@ -28,7 +28,7 @@ from flows.datasets._core import _json_default, sha256_file
 from helpers import LocalHTTPServer
 
 from test_datasets_download import _idx
-from test_datasets_tabular import _gas_sensors, _hepmass_csv
+from test_datasets_tabular import _gas_zip, _hepmass_csv
 
 NOWHERE = "http://127.0.0.1:9/"  # the official URLs point here: a refused connection, never the internet
 TOY_SIZES = {"n_train": 120, "n_val": 30, "n_test": 40}
@@ -91,14 +91,7 @@ def _power(rng):
 
 
 def _gas(rng):
-    n = 1000
-    table = np.concatenate([np.arange(n)[:, None] * 0.01, rng.random((n, 2)), _gas_sensors(n, rng)], 1)
-    text = "Time (seconds), CO conc (ppm), Ethylene conc (ppm), Sensor readings (16 channels)\n" + "\n".join(
-        "  ".join(f"{v:.4f}" for v in row) for row in table) + "\n"
-    z = io.BytesIO()
-    with zipfile.ZipFile(z, "w") as zf:
-        zf.writestr("ethylene_CO.txt", text)
-    return {"data.zip": z.getvalue()}
+    return {"data.zip": _gas_zip(rng)}
 
 
 def _hepmass(rng):

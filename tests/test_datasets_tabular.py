@@ -173,17 +173,22 @@ def test_maf_archive_paths(server, maf_archive, tmp_path, monkeypatch):  # noqa:
         fd.download("miniboone", tmp_path / "raw_x")
 
 
-def test_raw_uci_paths(server, maf_archive, tmp_path):  # noqa: F811
-    rng = np.random.default_rng(5)
-    n = 1000
+def _gas_zip(rng, n: int = 1000, extra: dict | None = None) -> bytes:
+    """UCI's GAS data.zip: ethylene_CO.txt with ``n`` rows (time, CO, ethylene, 16 sensors), plus ``extra`` files."""
     table = np.concatenate([np.arange(n)[:, None] * 0.01, rng.random((n, 2)), _gas_sensors(n, rng)], 1)
     text = "Time (seconds), CO conc (ppm), Ethylene conc (ppm), Sensor readings (16 channels)\n" + "\n".join(
         "  ".join(f"{v:.4f}" for v in row) for row in table) + "\n"
     z = io.BytesIO()
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("ethylene_CO.txt", text)
-        zf.writestr("ethylene_methane.txt", "unused\n")
-    server.files["data.zip"] = z.getvalue()
+        for name, body in (extra or {}).items():
+            zf.writestr(name, body)
+    return z.getvalue()
+
+
+def test_raw_uci_paths(server, maf_archive, tmp_path):  # noqa: F811
+    rng = np.random.default_rng(5)
+    server.files["data.zip"] = _gas_zip(rng, extra={"ethylene_methane.txt": "unused\n"})
     fd.download("gas", tmp_path / "raw_g", mirror=server.url)
     m = fd.prepare("gas", tmp_path / "raw_g", tmp_path / "out_g", seed=1)
     assert m["notes"]["rows_sampled"] == 250 and m["sizes"] == {"train": 203, "val": 22, "test": 25}

@@ -18,6 +18,7 @@ from flows.continuous import ODEFlow  # noqa: E402
 from flows.glow import ActNorm, Invertible1x1Conv, LULinear  # noqa: E402
 from flows.image import Squeeze, checkerboard_mask, squeeze, unsqueeze  # noqa: E402
 from flows.neural import dsf, dsf_invert  # noqa: E402
+from test_battery_flows import _autodiff_log_det  # noqa: E402  (the battery's autodiff log-det)
 
 F64 = tf.float64
 
@@ -32,14 +33,6 @@ def _perturb(module, seed=0, scale=0.1):
     for v in module.trainable_variables:
         v.assign_add(rng.normal(0.0, scale, size=v.shape))
 
-
-def _autodiff_log_det(fn, x):
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = fn(x)
-    jac = tape.batch_jacobian(y, x).numpy()
-    size = int(np.prod(x.shape[1:]))
-    return np.linalg.slogdet(jac.reshape(x.shape[0], size, size))[1]
 
 
 # ------------------------------------------------------------------------------------------ ActNorm
