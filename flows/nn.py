@@ -26,6 +26,7 @@ Dropout is active only when the network is called with ``training=True``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Sequence
 
@@ -37,7 +38,7 @@ from .base import FlowLayer, NotInvertibleError, as_dtype
 
 __all__ = [
     "ACTIVATIONS", "activation", "soft_clamp", "check_hidden_units", "check_positive_int", "alternating_mask",
-    "glorot_variable", "made_masks", "MLP", "MaskedMLP", "ConvNet", "bounded_log_scale", "Permutation",
+    "glorot_variable", "made_masks", "matmul_precision", "MLP", "MaskedMLP", "ConvNet", "bounded_log_scale", "Permutation",
     "Reverse", "BatchNorm", "AffineCoupling", "MaskedAffineCoupling", "Invert",
 ]
 
@@ -153,6 +154,43 @@ def _feedforward(x, linears, act, residual_blocks: int, dropout: float, training
     return linears[-1](act(h) if act_before_output else h)
 
 
+#: the dtype of the conditioners' hidden matrix products while tracing under :func:`matmul_precision` (None: the
+#: network's own dtype)
+_MATMUL_DTYPE: list = [None]
+
+
+@contextlib.contextmanager
+def matmul_precision(dtype):
+    """Within this context, :class:`MLP` and :class:`MaskedMLP` networks built in float32 compute the matrix
+    products of their stem and hidden layers in ``dtype`` (``"bfloat16"``; ``None`` or ``"float32"``: no change).
+
+    Each such product is ``cast(matmul(cast(h, dtype), cast(W, dtype)), float32) + b``: variables, biases,
+    activations, residual sums, the output layer (so every spline parameter, scale and shift) and everything
+    downstream (log-determinants, densities, the loss) stay float32; only the products' inputs are rounded (and
+    their gradients computed in ``dtype`` with float32 accumulation).  The choice is read when a function is
+    traced, so trace (and call) a ``tf.function`` inside the context: :func:`flows.training.fit` does so for its
+    training call only (``TrainConfig.matmul_dtype``); evaluation, sampling and the saved flow are float32.
+    """
+    low = None if dtype is None else tf.as_dtype(dtype)
+    previous, _MATMUL_DTYPE[0] = _MATMUL_DTYPE[0], None if low in (None, tf.float32) else low
+    try:
+        yield
+    finally:
+        _MATMUL_DTYPE[0] = previous
+
+
+def _low_precision(h) -> tf.DType | None:
+    low = _MATMUL_DTYPE[0]
+    return low if low is not None and h.dtype == tf.float32 else None
+
+
+def _matmul(h, kernel, low):
+    """``h @ kernel`` in ``h``'s dtype, computed in ``low`` (None: directly)."""
+    if low is None:
+        return tf.matmul(h, kernel)
+    return tf.cast(tf.matmul(tf.cast(h, low), tf.cast(kernel, low)), h.dtype)
+
+
 def _small_uniform():
     """Keras' uniform initializer in +-BLOCK_INIT; a new instance per use (a reused one repeats its draws)."""
     return keras.initializers.RandomUniform(-BLOCK_INIT, BLOCK_INIT)
@@ -217,13 +255,21 @@ class MLP(tf.Module):
                     self.weights.append(glorot_variable([a, b], a, b, rng, self.dtype))
                     self.biases.append(tf.Variable(tf.zeros([b], self.dtype)))
 
-    def _linears(self):
+    def _linears(self, low=None):
         if self.backend == "keras":
-            return list(self._network.layers)  # Dense layers: matmul, bias_add, autocast under a mixed policy
-        return [lambda h, w=w, b=b: tf.matmul(h, w) + b for w, b in zip(self.weights, self.biases)]
+            layers = list(self._network.layers)  # Dense layers: matmul, bias_add, autocast under a mixed policy
+            if low is None:
+                return layers
+            pairs = [(layer.kernel, layer.bias) for layer in layers]
+        else:
+            pairs = list(zip(self.weights, self.biases))
+        last = len(pairs) - 1
+        return [lambda h, w=w, b=b, low=(low if i < last else None): _matmul(h, w, low) + b
+                for i, (w, b) in enumerate(pairs)]
 
     def __call__(self, x, training: bool = False):
-        return _feedforward(x, self._linears(), self.act, self.residual_blocks, self.dropout, training)
+        low = _low_precision(tf.convert_to_tensor(x)) if self.dtype == tf.float32 else None
+        return _feedforward(x, self._linears(low), self.act, self.residual_blocks, self.dropout, training)
 
 
 # ---------------------------------------------------------------------------------------------------- MADE
@@ -382,8 +428,10 @@ class MaskedMLP(tf.Module):
 
     def __call__(self, x, training: bool = False):
         x = tf.convert_to_tensor(x, dtype=self.dtype)
-        linears = [lambda h, w=w, m=m, b=b: tf.matmul(h, w * m) + b
-                   for (w, b), m in zip(self._kernels_and_biases(), self.masks)]
+        low, pairs = _low_precision(x), self._kernels_and_biases()
+        last = len(pairs) - 1  # the output layer stays in the network's dtype
+        linears = [lambda h, w=w, m=m, b=b, low=(low if i < last else None): _matmul(h, w * m, low) + b
+                   for i, ((w, b), m) in enumerate(zip(pairs, self.masks))]
         h = _feedforward(x, linears, self.act, self.residual_blocks, self.dropout, training)
         return tf.reshape(h, tf.concat([tf.shape(x), [self.params]], axis=0))
 

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from .base import Flow
 from .errors import NonFiniteError
+from .nn import matmul_precision
 from .options import Option, check_options, schema_of
 
 __all__ = [
@@ -57,6 +58,10 @@ def set_seed(seed: int):
     tf.random.set_seed(seed)
 
 
+#: accepted values of TrainConfig.matmul_dtype
+MATMUL_DTYPES = ("float32", "bfloat16")
+
+
 def _opt(**kw):
     return {"option": Option(None, **kw)}
 
@@ -88,6 +93,10 @@ class TrainConfig:
     steps_per_call: int = field(default=0, metadata=_opt(low=0, doc="0: automatic"))
     #: dynamic loss scaling for float16 compute; see fit's docstring
     mixed_precision: bool = False
+    #: the conditioners' hidden matrix products in the training call (flows.nn.matmul_precision); bfloat16 pays
+    #: only without XLA on a CPU with AMX (benchmarks/results/nsf_speed.md), so the default stays float32
+    matmul_dtype: str = field(default="float32", metadata=_opt(choices=MATMUL_DTYPES,
+                                                               doc="bfloat16: conditioners' products, training only"))
     #: the caller enables tf.config.experimental.enable_op_determinism() (process-wide) before training
     deterministic: bool = False
     #: images only: the dequantised pixels x in [0, 1] are modelled as logit(alpha + (1 - 2 alpha) x)
@@ -360,8 +369,9 @@ class TrainCall:
     gradients, clipping, the Adam update, the loop); with several, the loss-and-gradient function."""
 
     def __init__(self, flow: Flow, optimizer, transform: Transform, strategy, global_batch: int, per_call: int,
-                 jit: bool = False, mixed_precision: bool = False):
+                 jit: bool = False, mixed_precision: bool = False, matmul_dtype: str = "float32"):
         self.flow, self.optimizer, self.transform, self.strategy = flow, optimizer, transform, strategy
+        self.matmul_dtype = matmul_dtype
         self.per_call, self.mixed = per_call, mixed_precision
         self.replicas = strategy.num_replicas_in_sync
         self.global_batch = global_batch
@@ -417,8 +427,9 @@ class TrainCall:
                 lambda ctx: tf.convert_to_tensor(shards[ctx.replica_id_in_sync_group]))
         else:
             batches = tf.convert_to_tensor(batches)
-        losses = self.call(batches, tf.constant(count, tf.int32), tf.constant(seed, tf.int64),
-                           tf.constant(first, tf.int64))
+        with matmul_precision(self.matmul_dtype):  # read when the call is traced (the first time)
+            losses = self.call(batches, tf.constant(count, tf.int32), tf.constant(seed, tf.int64),
+                               tf.constant(first, tf.int64))
         return [float(v) for v in losses.numpy()[:count]]
 
 
@@ -540,6 +551,9 @@ def fit(
     * ``config.steps_per_call``: one compiled call runs up to this many steps (:class:`TrainCall`); calls end at
       every evaluation and checkpoint, so results, progress lines and resumes are the same as with 1. 0 picks
       :func:`auto_steps_per_call`. ``config.jit_compile``: XLA (see :class:`TrainCall`).
+    * ``config.matmul_dtype``: ``"bfloat16"`` runs the conditioner networks' hidden matrix products of the training
+      call in bfloat16 (:func:`flows.nn.matmul_precision`; variables, densities, log-determinants and the loss stay
+      float32).  Validation and the returned flow are float32.
     """
     import tf_keras as keras
 
@@ -562,7 +576,7 @@ def fit(
         optimizer.build(flow.trainable_variables)  # slots exist now, so a checkpoint restores into them at once
     per_call = _steps_per_call(config, batch_size, train)
     step_fn = TrainCall(flow, optimizer, transform, strategy, batch_size, per_call, config.jit_compile,
-                        config.mixed_precision)
+                        config.mixed_precision, config.matmul_dtype)
     batches = BatchSource(train, batch_size, config.seed, per_call)
     best = Checkpointer(flow)
     ckpt = None if checkpoint_dir is None else TrainCheckpoint(checkpoint_dir, flow, optimizer, best,
