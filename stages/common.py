@@ -48,8 +48,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_main(main):
-    """Run a stage's main(); turn expected errors into one line on stderr and exit status 2."""
+    """Run a stage's main(); turn expected errors into one line on stderr and exit status 2.  TensorFlow is
+    imported first, without its start-up notices (:func:`stages.quiet.start_tensorflow`)."""
+    from stages.quiet import start_tensorflow
+
     try:
+        start_tensorflow()
         main()
     except Exception as exc:
         if not isinstance(exc, _expected_errors()):

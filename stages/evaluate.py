@@ -1,7 +1,9 @@
 """Stage evaluate@<flow>-<dataset>: test log-likelihood of a trained flow (nats; bits/dim for images).
 
 Reads models/<cell>/ (a saved flow) and data/processed/<dataset>; writes metrics/eval/<cell>.json and the
-figures in plots/figures/<cell>/, and logs both to the training run in MLflow.
+figures in plots/figures/<cell>/, and logs both to the training run in MLflow, with the flow itself as the
+run's MLflow 3 LoggedModel ``flow`` (an ``mlflow.pyfunc`` model, :mod:`flows.pyfunc`: per-row log-densities in
+nats, samples) whose metrics are the test scores: ``mlflow.pyfunc.load_model("models:/<model_id>")``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def main(argv=None):
     from flows.experiment import test_scores
     from stages import figures, tracking
 
+    from stages.quiet import announce
+
+    announce(tracking.stage_name("evaluate@" + cell), "evaluating")
     flow, transform, meta = restore(model_dir)
     metrics = {"flow": args.flow, "dataset": args.dataset,
                **test_scores(flow, splits.test, fd.DATASETS[args.dataset], transform, meta["train"]["eval_batch_size"],
@@ -60,14 +65,15 @@ def main(argv=None):
     train_json = Path(args.train_metrics or f"metrics/train/{cell}.json")
     if train_json.exists():
         t = json.loads(train_json.read_text())
-        metrics.update(steps=t.get("steps"), train_seconds=t.get("train_seconds"))
+        metrics.update(steps=t.get("steps"))  # the wall time is in metrics/timing/ (not a metric)
     with atomic_path(fig_dir) as tmp:
         tmp.mkdir()
         figures.cell_figures(flow, splits, fd.DATASETS[args.dataset], transform, tmp, seed=meta["seed"])
     write_json(out, metrics)
     if meta.get("mlflow_run_id"):
         run = tracking.Run(run_id=meta["mlflow_run_id"])
-        run.log_metrics({k: metrics[k] for k in SCORES if k in metrics})
+        model = run.log_flow_model(model_dir, splits.test[:5], tags={"cell": cell, "dataset": args.dataset})
+        run.log_metrics({k: metrics[k] for k in SCORES if k in metrics}, model_id=model.model_id)
         run.log_artifacts(fig_dir, "figures")
         run.log_artifact(out, "metrics")
     bpd = f", {metrics['bits_per_dim']:.3f} bits/dim" if "bits_per_dim" in metrics else ""

@@ -73,7 +73,9 @@ def main(argv=None):
         raise StageError(f"--energy-layers {args.energy_layers} and --energy-steps {args.energy_steps} must be >= 1")
 
     from flows import viz
+    from stages.quiet import announce
 
+    announce(os.environ.get("DVC_STAGE") or "overview", "drawing")
     datasets = toy_sets(params)
     summary = {"seed": seed, "toy_sets": datasets, "seconds": {}}
     with atomic_path(args.out) as tmp:

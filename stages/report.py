@@ -1,6 +1,12 @@
 """Stage report: the results table of the grid beside the published numbers (CSV and Markdown) and its figure;
 logged as its own MLflow run.  The default pipeline writes metrics/results.{csv,md} and plots/results.png; the
-paper pipeline (paper/dvc.yaml) passes --params params-paper.yaml and writes metrics/paper/ and plots/paper/."""
+paper pipeline (paper/dvc.yaml) passes --params params-paper.yaml and writes metrics/paper/ and plots/paper/.
+
+The best flow of each data set (highest test log-likelihood) is registered in the MLflow Model Registry as
+``<prefix><dataset>`` (default ``density-<dataset>``; the paper pipeline: ``paper-density-<dataset>``) with the
+alias ``@best`` pointing at it: ``mlflow.pyfunc.load_model("models:/density-moons@best")``.  Each version carries
+the content hash of the saved flow's directory, so a rerun moves the alias and reuses the version of an
+unchanged flow instead of adding a duplicate."""
 
 from __future__ import annotations
 
@@ -29,13 +35,18 @@ def parse_args(argv=None):
     ap.add_argument("--name", default="report", help="the MLflow run's name")
     ap.add_argument("--paper", action="store_true", help="the paper-scale table's title and notes")
     ap.add_argument("--budgets", help="YAML of each published row's training budget (paper/budgets.yaml)")
+    ap.add_argument("--timing", help="directory of the train stages' wall times (default <metrics>/timing)")
+    ap.add_argument("--models", default="models", help="directory of the saved flows (default models)")
+    ap.add_argument("--registry-prefix", default="density-",
+                    help="registered model name of a data set's best flow: <prefix><dataset> (default density-)")
     return ap.parse_args(argv)
 
 
-def collect(params, metrics_dir: Path) -> list[dict]:
+def collect(params, metrics_dir: Path, timing_dir: Path | None = None) -> list[dict]:
     """One row per cell: our test log-likelihood (nats, +/- se), the published number with its +/- (2 se) where
     the paper reports one, and the difference in combined standard errors: (ours - published) / sqrt(se_ours^2 +
-    se_published^2), se_published = (+/-) / 2 (only our se when the paper gives no +/-)."""
+    se_published^2), se_published = (+/-) / 2 (only our se when the paper gives no +/-).  ``train_seconds``
+    comes from ``timing_dir`` (default ``<metrics_dir>/timing``; empty where a cell has no timing file)."""
     from flows.published import lookup
 
     rows = []
@@ -45,6 +56,9 @@ def collect(params, metrics_dir: Path) -> list[dict]:
             if not path.exists():
                 raise StageError(f"{path} is missing: evaluate first (dvc repro evaluate@{cell_name(flow, dataset)})")
             m = json.loads(path.read_text())
+            timing = (timing_dir or metrics_dir / "timing") / f"{cell_name(flow, dataset)}.json"
+            if timing.exists():
+                m["train_seconds"] = json.loads(timing.read_text()).get("train_seconds")
             row = {k: m.get(k, "") for k in COLUMNS}
             pub = lookup(flow_of(params, flow), dataset, params["flows"][flow])
             if pub:
@@ -152,7 +166,8 @@ def main(argv=None):
     args = parse_args(argv)
     params = load_params(args.params)
     metrics_dir = Path(args.metrics)
-    rows = collect(params, metrics_dir)
+    rows = collect(params, metrics_dir, Path(args.timing) if args.timing else None)
+    best = best_models(rows, Path(args.models))  # checked before anything is written
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
@@ -182,6 +197,35 @@ def main(argv=None):
         run.log_artifact(p, "report")
     run.finish()
     print(f"{args.name}: {len(rows)} cells -> {outputs[0]}, {outputs[1]}")
+    for dataset, (cell, model, digest) in best.items():
+        name = f"{args.registry_prefix}{dataset}"
+        version, created = tracking.register_best(name, model, digest)
+        print(f"{args.name}: {name}@{tracking.BEST_ALIAS} -> version {version} ({cell}, "
+              f"{'new' if created else 'unchanged flow, version reused'})")
+
+
+def best_models(rows, models_dir: Path) -> dict:
+    """{dataset: (cell, LoggedModel, content hash)} of the flow with the highest test log-likelihood of each data
+    set; a one-line StageError when its saved flow or its LoggedModel (logged by the evaluate stage) is missing."""
+    from flows.io import read_config
+    from flows.pyfunc import content_hash
+
+    from stages import tracking
+
+    out = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        row = max((r for r in rows if r["dataset"] == dataset), key=lambda r: r["test_ll"])
+        cell = cell_name(row["flow"], dataset)
+        model_dir = models_dir / cell
+        if not (model_dir / "config.json").exists():
+            raise StageError(f"{model_dir / 'config.json'} is missing: train first (dvc repro train@{cell})")
+        run_id, digest = read_config(model_dir)["metadata"].get("mlflow_run_id"), content_hash(model_dir)
+        model = tracking.logged_flow_model(run_id, digest) if run_id else None
+        if model is None:
+            raise StageError(f"{model_dir} (MLflow run {run_id}) has no LoggedModel 'flow' in {tracking.tracking_uri()}: "
+                             f"evaluate it again (dvc repro -f evaluate@{cell}) to log it")
+        out[dataset] = (cell, model, digest)
+    return out
 
 
 PAPER_NOTE = [

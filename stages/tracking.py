@@ -144,11 +144,12 @@ class Run:
         self.client.log_metric(self.run_id, key, float(value), step=int(step))
 
     @_locked
-    def log_metrics(self, metrics: dict, step: int = 0):
+    def log_metrics(self, metrics: dict, step: int = 0, model_id: str | None = None):
+        """Log ``metrics`` at ``step``; ``model_id`` links them to a LoggedModel of this run as well."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
+        items = [Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items() if v is not None]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
@@ -161,12 +162,94 @@ class Run:
         self.client.log_artifacts(self.run_id, str(path), artifact_path)
 
     @_locked
+    def log_flow_model(self, model_dir, input_rows, name: str = "flow", tags: dict | None = None):
+        """Log the saved flow ``model_dir`` as this run's LoggedModel ``name`` (:func:`flows.pyfunc.log_flow_model`);
+        the run's status and end time are kept.  Returns the ``ModelInfo`` (``model_id``)."""
+        from flows.pyfunc import log_flow_model
+
+        run = self.client.get_run(self.run_id)
+        with self.mlflow.start_run(run_id=self.run_id):
+            info = log_flow_model(model_dir, input_rows, name=name, tags=tags)
+        if run.info.status != "RUNNING":  # start_run/end_run marked it again: put back what training recorded
+            self.client.set_terminated(self.run_id, status=run.info.status, end_time=run.info.end_time)
+        return info
+
+    @_locked
     def finish(self, status: str = "FINISHED"):
         self.client.set_terminated(self.run_id, status=status)
 
     @property
     def uri(self) -> str:
         return tracking_uri()
+
+
+#: the Model Registry alias of each data set's best flow
+BEST_ALIAS = "best"
+
+
+@_locked
+def logged_flow_model(run_id: str, digest: str, name: str = "flow"):
+    """The newest LoggedModel ``name`` of the training run ``run_id`` whose tag ``content_hash`` is ``digest``
+    (what the evaluate stage logged for that saved flow), or None."""
+    mlflow = _mlflow()
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id(mlflow)],
+                                         filter_string=f"source_run_id = '{run_id}'", output_format="list",
+                                         order_by=[{"field_name": "creation_time", "ascending": False}])
+    return next((m for m in models if m.name == name and m.tags.get("content_hash") == digest), None)
+
+
+@_locked
+def register_best(name: str, model, digest: str, alias: str = BEST_ALIAS) -> tuple[str, bool]:
+    """Point ``alias`` of the registered model ``name`` (created if needed) at the version of the LoggedModel
+    ``model`` whose tag ``content_hash`` is ``digest``: an existing version with that hash is reused (a rerun
+    adds no duplicate), else a new version is created.  Returns (version, whether it was created)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow = _mlflow()
+    client = mlflow.tracking.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="The flow of this data set with the highest test "
+                                       f"log-likelihood (nats); alias @{alias} (stages/report.py)")
+    same = sorted((v for v in client.search_model_versions(f"name = '{name}'")
+                   if v.tags.get("content_hash") == digest), key=lambda v: int(v.version))
+    created = not same
+    if created:
+        version = client.create_model_version(name, f"models:/{model.model_id}", run_id=model.source_run_id,
+                                              tags={"content_hash": digest, **{k: model.tags[k] for k in ("cell",)
+                                                                               if k in model.tags}},
+                                              model_id=model.model_id).version
+    else:
+        version = same[0].version
+    client.set_registered_model_alias(name, alias, version)
+    return str(version), created
+
+
+#: seconds between two samples of the system metrics (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)
+SYSTEM_METRICS_INTERVAL = 10
+
+
+@contextmanager
+def system_metrics(run: "Run | None", interval: float = SYSTEM_METRICS_INTERVAL):
+    """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network, GPU where there is
+    one) logged to ``run`` every ``interval`` seconds while the block runs; stopped however it ends.  ``run``
+    None (a non-chief worker): nothing."""
+    if run is None:
+        yield
+        return
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    for name in ("mlflow.system_metrics", "mlflow.utils.autologging_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # its "Started monitoring ..." INFO lines
+    monitor = SystemMetricsMonitor(run.run_id, sampling_interval=interval, tracking_uri=run.uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def device_name(strategy=None) -> str:
@@ -177,8 +260,10 @@ def device_name(strategy=None) -> str:
 
     from flows.training import worker_task
 
+    from stages.quiet import start_tensorflow
+
     gpus = tf.config.list_logical_devices("GPU")
-    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    cpu = start_tensorflow() if not gpus else f"CPU ({platform.machine() or platform.processor()})"
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         local = f"{len(gpus)} GPUs" if gpus else cpu
         return (f"{strategy.num_replicas_in_sync} replicas (MultiWorkerMirroredStrategy, "

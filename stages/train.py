@@ -1,7 +1,9 @@
 """Stage train@<flow>-<dataset>: fit one flow to one prepared data set, as one MLflow run.
 
 Reads params.yaml (seed, flows.<flow>, datasets.<dataset>) and data/processed/<dataset>; writes models/<cell>/
-(a saved flow, :func:`flows.save`), plots/history/<cell>.csv and metrics/train/<cell>.json (nats per example).
+(a saved flow, :func:`flows.save`), plots/history/<cell>.csv, metrics/train/<cell>.json (nats per example) and
+metrics/timing/<cell>.json (wall time: kept out of the metrics that ``dvc exp show`` compares).  MLflow's system
+metrics (CPU, memory, GPU) are logged to the run while it trains.
 
 Checkpoints go to checkpoints/<cell>/ (git-ignored), so a stage killed at any moment and run again resumes there
 and ends with the same numbers; a checkpoint written with other settings is discarded.  With ``TF_CONFIG``
@@ -33,6 +35,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", help="model directory (default models/<flow>-<dataset>)")
     ap.add_argument("--history", help="history CSV (default plots/history/<flow>-<dataset>.csv)")
     ap.add_argument("--metrics", help="training metrics JSON (default metrics/train/<flow>-<dataset>.json)")
+    ap.add_argument("--timing", help="wall-time JSON, not a metric (default metrics/timing/<flow>-<dataset>.json)")
     ap.add_argument("--stage", help="DVC stage name, for the MLflow tag")
     ap.add_argument("--checkpoints", help="checkpoint directory (default checkpoints/<name of the model directory>)")
     params_arg(ap)
@@ -55,6 +58,7 @@ def main(argv=None):
 
     strategy = pick_strategy()  # first TensorFlow call: a multi-worker strategy must exist before the runtime
     chief, spec = is_chief(strategy), fd.DATASETS[args.dataset]
+    print(f"{stage}: training on {tracking.device_name(strategy)}", flush=True)
     splits = load_checked_splits(args.dataset)
     train = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
     ckpt_dir = Path(args.checkpoints or f"checkpoints/{out.name}")
@@ -80,9 +84,10 @@ def main(argv=None):
                         "data": params["datasets"][args.dataset]["data"], "n_train": len(splits.train),
                         "model_shape": list(model_shape)})
     try:
-        history = fit(flow, splits.train, splits.val, config, transform=transform, checkpoint_dir=fit_dir,
-                      strategy=strategy, init_seed=seed,
-                      on_eval=run and (lambda step, tr, va: run.log_metrics({"train_nll": tr, "val_nll": va}, step)))
+        with tracking.system_metrics(run):  # CPU, memory, disk, GPU of the run, every 10 s; stopped on failure
+            history = fit(flow, splits.train, splits.val, config, transform=transform, checkpoint_dir=fit_dir,
+                          strategy=strategy, init_seed=seed,
+                          on_eval=run and (lambda step, tr, va: run.log_metrics({"train_nll": tr, "val_nll": va}, step)))
     except BaseException:
         if run:
             run.finish("FAILED")
@@ -101,8 +106,9 @@ def main(argv=None):
     metrics_path = Path(args.metrics or f"metrics/train/{cell}.json")
     write_json(metrics_path, {"best_step": history.best_step, "best_val_nll": history.best_val_loss,
                               "steps": history.steps_done, "stopped_early": history.stopped_early,
-                              "train_seconds": round(history.train_seconds, 3), "resumed_from_step": history.resumed_from,
                               "units": "nats per example (images: of the dequantised data in [0,1]^D)"})
+    write_json(Path(args.timing or f"metrics/timing/{cell}.json"),  # differs from run to run: not a DVC metric
+               {"train_seconds": round(history.train_seconds, 3), "resumed_from_step": history.resumed_from})
     run.log_metrics({"train_seconds": history.train_seconds, "best_val_nll": history.best_val_loss,
                      "best_step": history.best_step})
     run.log_artifact(Path(args.history or f"plots/history/{cell}.csv"), "history")

@@ -23,6 +23,8 @@ SYSTEM_FILES = frozenset({
     "test_mlflow_ui.py",        # `mlflow ui` server and headless Chromium
     "test_tracking_server.py",  # PostgreSQL cluster and `mlflow server`
     "test_multiworker.py",      # a two-process MultiWorkerMirroredStrategy cluster
+    "test_model_logging.py",    # trains, evaluates and reports a tiny grid, loads the MLflow models in subprocesses
+    "test_exp_show.py",         # `dvc commit` and `dvc exp save` in a copy of the repository
 })
 
 #: single tests elsewhere: "file::function" (every parametrisation) or "file::function[id-prefix" (those cases)

@@ -274,7 +274,7 @@ def test_corrupt_processed_file_stops_the_train_stage(power_repo, reference, fau
     want = f"corrupt file data/processed/power/{victim.name}: sha256 checksum"
     assert len(errors) == 1 and want in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "dvc repro -f prepare@power" in errors[0]
-    for path in ("models", "metrics/train", "plots/history", "checkpoints"):
+    for path in ("models", "metrics/train", "metrics/timing", "plots/history", "checkpoints"):
         assert not (repo / path).exists() or not any((repo / path).iterdir()), path
     if (repo / "mlflow.db").exists():
         con = sqlite3.connect(repo / "mlflow.db")

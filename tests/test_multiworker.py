@@ -138,7 +138,8 @@ def test_two_workers_match_single_process_and_only_chief_writes(tmp_path):
 # stages/train.py as two workers, each in its own copy of a tiny repository
 
 EXTRA_SKIP = {"checkpoints"}  # not copied besides helpers.TOP_SKIP
-OUTPUTS = ["models/maf-moons", "plots/history/maf-moons.csv", "metrics/train/maf-moons.json"]
+OUTPUTS = ["models/maf-moons", "plots/history/maf-moons.csv", "metrics/train/maf-moons.json",
+           "metrics/timing/maf-moons.json"]
 
 
 def _check(proc):
