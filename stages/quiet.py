@@ -5,8 +5,11 @@ descriptor 2 captured, then writes back to stderr every captured line that is no
 notices of :data:`NOISE` (absl's "All log messages before absl::InitializeLog()", oneDNN's notice, "Could not find
 cuda drivers", ``failed call to cuInit`` on a machine without a GPU, the CPU-instructions notice, the CUDA
 plugin's "Unable to register ... factory" lines).  So a real TensorFlow error or warning still reaches the user,
-and ``TF_CPP_MIN_LOG_LEVEL`` is left as the user set it.  ``tf.function`` retracing warnings (Python logging) are
-dropped as well.  Every stage calls it through :func:`stages.common.run_main`, before its ``main``.
+and its warnings and errors are never hidden: ``TF_CPP_MIN_LOG_LEVEL`` defaults to 1, which drops only
+TensorFlow's C++ INFO lines (XLA's "XLA service ... initialized", "Compiled cluster using XLA!", the MLIR
+crash-reproducer notice, printed at the first compilation), and a value the user sets wins.  ``tf.function``
+retracing warnings (Python logging) are dropped as well, and so are the INFO records of MLflow's SQLite set-up
+(alembic's migrations when a new ``mlflow.db`` is created).  Every stage calls it through :func:`stages.common.run_main`, before its ``main``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ def start_tensorflow() -> str:
     if _DEVICE is not None:
         return _DEVICE
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines only; warnings and errors still show
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with filtered_stderr():
         import tensorflow as tf
 
