@@ -39,7 +39,8 @@ split, forward, backward, Adam lr 1e-3 with cosine decay over the run, global-no
   flowjax 10 * (6*256 + 4*256*256 + 256*150) -> 9.28 GFLOP (``paper_gflop``); the table prints GFLOP/s from it.
 
 Each side at each of ``--threads`` (default 1 and 2), every side alone (one after the other, never two at once),
-each in a child process pinned to cores {0} (1 thread) or {0, 1} (2 threads) with ``os.sched_setaffinity``:
+each in a child process pinned to the first 1 or 2 of the cores the script may use (``taskset`` narrows them) with
+``os.sched_setaffinity``:
 
 * ours: a child of this interpreter (TensorFlow's thread pools are fixed once created), timed through
   :func:`flows.training.fit` itself (validation on 512 rows at the end of the warm-up and at the end; steps/s
@@ -95,10 +96,11 @@ def paper_gflop(side: str, dim: int = 6, batch: int = BATCH) -> float:
 
 
 def _pin(threads: int):
-    """Pin this process to cores {0} or {0, 1} (before any framework creates its thread pools)."""
-    cores = set(range(min(threads, os.cpu_count() or 1)))
+    """Pin this process to the first ``threads`` cores it may run on (before any framework creates its thread
+    pools): {0} or {0, 1} by default, {1} under ``taskset -c 1`` (to leave core 0 to something else)."""
     try:
-        os.sched_setaffinity(0, cores)
+        allowed = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(allowed[:max(1, threads)]))
     except (AttributeError, OSError):
         pass
 

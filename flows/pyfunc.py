@@ -26,8 +26,10 @@ This module imports MLflow only when a model is built or logged, so ``flows`` st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 from pathlib import Path
 
 __all__ = ["FlowModel", "content_hash", "signature", "log_flow_model", "METHODS", "ARTIFACT"]
@@ -178,7 +180,33 @@ def log_flow_model(model_dir, input_rows, name: str = "flow", tags: dict | None 
 
     rows = np.asarray(input_rows)
     rows = rows.reshape(len(rows), -1)
-    return mlflow.pyfunc.log_model(
-        name=name, python_model=_model_class()(), artifacts={ARTIFACT: str(model_dir)},
-        code_paths=[str(Path(__file__).resolve().parent)], signature=signature(rows.shape[1], rows.dtype.name),
-        pip_requirements=_requirements(), tags={"content_hash": content_hash(model_dir), **(tags or {})})
+    with _without_advice():
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=_model_class()(), artifacts={ARTIFACT: str(model_dir)},
+            code_paths=[str(Path(__file__).resolve().parent)], signature=signature(rows.shape[1], rows.dtype.name),
+            pip_requirements=_requirements(), tags={"content_hash": content_hash(model_dir), **(tags or {})})
+
+
+#: MLflow's advice printed on every log_model call that does not apply here: the signature is given explicitly
+#: (so no input example is needed to infer it), and the pickled object is this module's own class
+_ADVICE = ("An input example was not provided", "Passing a Python object as `python_model`")
+
+
+@contextlib.contextmanager
+def _without_advice():
+    """Drop exactly the two :data:`_ADVICE` messages (a Python warning and an MLflow log record) for one call."""
+    import logging
+    import warnings
+
+    class _Drop(logging.Filter):
+        def filter(self, record):
+            return not record.getMessage().startswith(_ADVICE)
+
+    logger, drop = logging.getLogger("mlflow.pyfunc"), _Drop()
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*" + re.escape(_ADVICE[0]))
+            yield
+    finally:
+        logger.removeFilter(drop)
