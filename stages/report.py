@@ -167,7 +167,6 @@ def main(argv=None):
     params = load_params(args.params)
     metrics_dir = Path(args.metrics)
     rows = collect(params, metrics_dir, Path(args.timing) if args.timing else None)
-    best = best_models(rows, Path(args.models))  # checked before anything is written
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
@@ -186,6 +185,9 @@ def main(argv=None):
         csv_tmp.write_text(buf.getvalue())
         md_tmp.write_text(to_markdown(rows, title, note, budgets))
         figure(rows, png_tmp)
+        # each data set's best flow must have its LoggedModel: checked here, after the outputs were found
+        # writable and before any of them is renamed into place
+        best = best_models(rows, Path(args.models))
 
     from stages import tracking
 
