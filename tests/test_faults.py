@@ -302,6 +302,8 @@ def _numbers(repo):
     with open(repo / "plots" / "history" / "maf-moons.csv") as fh:
         hist = [(r["step"], r["train_loss"], r["val_loss"]) for r in csv.DictReader(fh)]
     tr = json.loads((repo / "metrics" / "train" / "maf-moons.json").read_text())
+    # where a resume started is run-to-run information: the timing file (not a DVC metric) holds it
+    tr["resumed_from_step"] = json.loads((repo / "metrics" / "timing" / "maf-moons.json").read_text())["resumed_from_step"]
     return ev, hist, tr
 
 

@@ -54,7 +54,8 @@ def test_paper_power_rows_build_and_match_their_published_row():
         rows[pub[0]] = name
         assert config.steps >= 5000 and config.max_val == 184435  # the whole validation split
     assert set(rows) == {"Gaussian", "MADE", "MADE MoG", "Real NVP (5)", "Real NVP (10)", "MAF (5)", "MAF (10)",
-                         "MAF MoG (5)"}, rows
+                         "MAF MoG (5)", "RQ-NSF (C)", "RQ-NSF (AR)"}, rows
+    assert len(rows) == len(params["grid"]["flows"])  # no two cells on one published row
 
 
 def test_paper_image_params_are_valid_and_every_cell_builds():
