@@ -77,7 +77,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_zuko import POWER, ROOT, our_flow, zuko_flow  # noqa: E402  (stdlib-only at import time)
+from bench_zuko import POWER, ROOT, our_flow, zuko_flow, zuko_step  # noqa: E402  (stdlib-only at import time)
 
 FLOWS = ["maf", "realnvp", "nsf_c", "nsf_ar", "glow", "nsf_ar_paper"]
 LAYERS, HIDDEN, BATCH = 5, 64, 512  # the shapes of bench_zuko.py
@@ -222,13 +222,7 @@ def zuko_child(args):
     rng = np.random.default_rng(0)
     t0 = None
     for step in range(1, total + 1):
-        x = torch.from_numpy(np.asarray(train[_batch_indices(rng, len(train), args.batch)]))
-        loss = -flow().log_prob(x).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        zuko_step(flow, opt, sched, torch.from_numpy(np.asarray(train[_batch_indices(rng, len(train), args.batch)])))
         if step == args.warmup:
             t0 = time.perf_counter()
     _emit({"versions": versions, "rate": steps / (time.perf_counter() - t0)})

@@ -52,6 +52,18 @@ def zuko_flow(name, dim, layers, hidden):
     return None  # no Glow in zuko
 
 
+def zuko_step(flow, opt, sched, x):
+    """One training step of the recipe (mean NLL, gradient-norm clipping at 5, Adam, the schedule's step)."""
+    import torch
+
+    loss = -flow().log_prob(x).mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
+    opt.step()
+    sched.step()
+
+
 def zuko_train(name, train, val, test, steps, batch, layers, hidden, seed, eval_every, threads, mark=None):
     """The same recipe as flows.training.fit, in PyTorch; returns timings and, with ``test``, the test LL."""
     import numpy as np
@@ -71,13 +83,7 @@ def zuko_train(name, train, val, test, steps, batch, layers, hidden, seed, eval_
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         idx = np.sort(rng.choice(n, size=batch, replace=False) if n < 10 * batch else rng.integers(0, n, batch))
-        x = torch.from_numpy(np.asarray(train[idx]))
-        loss = -flow().log_prob(x).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        zuko_step(flow, opt, sched, torch.from_numpy(np.asarray(train[idx])))
         if mark and step in mark:
             marks[step] = time.perf_counter() - t0
         if eval_every and (step % eval_every == 0 or step == steps):
