@@ -51,8 +51,13 @@ class MADE(Flow):
                  dtype="float32", name="made", input_order="left-to-right"):
         dtype = as_dtype(dtype)
         d, k = int(event_size), int(num_components)
+        # MoG: standard-normal output biases (as gpapamak/maf's MoG MADE): the first feature's conditional has no
+        # input, so zero biases would leave its k components identical, i.e. one Gaussian, for ever
         net = MaskedMLP(d, 2 if k == 1 else 3 * k, hidden_units, dtype, activation=activation, zero_last=k == 1,
-                        input_order=input_order)
+                        input_order=input_order, output_bias="zeros" if k == 1 else "normal")
+        if k > 1:  # the MAF code draws log-precisions ~ N(0, 1): log sigma = -log(precision) / 2 ~ N(0, 1/4)
+            bias = net._kernels_and_biases()[-1][1]
+            bias.assign(bias * tf.constant(np.tile([1.0] * (2 * k) + [0.5] * k, d), bias.dtype))
         layers = []
         if k == 1:
             layers = [MaskedAutoregressive(net, AffineBijectorFn(net), name="made_gaussian")]

@@ -361,6 +361,9 @@ class MaskedMLP(tf.Module):
             +-1/sqrt(fan_in), fan_in the layer's full input width: PyTorch's ``nn.Linear`` default, which zuko's
             MAF uses).  With ``zero_last`` the output layer then starts at zero, so a spline layer starts as the
             identity (the MADE MoG needs ``False``: identical components never separate).
+        output_bias: ``"zeros"`` or ``"normal"`` (standard-normal output biases, as the MAF code's MoG MADE draws
+            them: the first feature's outputs see no input, so with zero biases its mixture components start,
+            and stay, identical).  Ignored with ``zero_last``.
         residual_blocks, dropout: see the module docstring (0 and 0.0: a plain MADE).
         backend: ``"keras"`` or ``"numpy"`` (see the module docstring); ``seed`` seeds the numpy draws.
     """
@@ -368,11 +371,14 @@ class MaskedMLP(tf.Module):
     def __init__(self, event_size: int, params: int, hidden_units: Sequence[int], dtype, *,
                  activation: str = "relu", hidden_degrees: str = "equal", input_order="left-to-right",
                  init: str = "glorot", zero_last: bool = True, residual_blocks: int = 0, dropout: float = 0.0,
-                 backend: str = "keras", seed: int = 0, name: str | None = None):
+                 backend: str = "keras", seed: int = 0, output_bias: str = "zeros", name: str | None = None):
         super().__init__(name=name)
         units = _check_structure(hidden_units, residual_blocks, dropout, backend, "MaskedMLP")
         if init not in ("glorot", "fan_in"):
             raise ValueError(f"MaskedMLP: init = {init!r} is not accepted; accepted: glorot, fan_in")
+        if output_bias not in ("zeros", "normal"):
+            raise ValueError(f"MaskedMLP: output_bias = {output_bias!r} is not accepted; accepted: zeros, normal")
+        normal_bias = output_bias == "normal" and not zero_last
         self.dtype = as_dtype(dtype)
         self.event_size, self.params = int(event_size), int(params)
         self.act = _activation(activation)
@@ -402,6 +408,9 @@ class MaskedMLP(tf.Module):
             if zero_last:
                 for v in dense[-1].trainable_variables:
                     v.assign(tf.zeros_like(v))
+            elif normal_bias:
+                bias = dense[-1].bias
+                bias.assign(keras.initializers.RandomNormal(0.0, 1.0)(bias.shape, bias.dtype))
         else:
             rng = np.random.default_rng(seed)
             self.weights, self.biases = [], []
@@ -409,6 +418,9 @@ class MaskedMLP(tf.Module):
                 a, b = mask.shape
                 if role == "output" and zero_last:
                     w, bias = np.zeros((a, b)), np.zeros(b)
+                elif role == "output" and normal_bias:
+                    fan = 1.0 / math.sqrt(a) if init == "fan_in" else math.sqrt(6.0 / (a + b))
+                    w, bias = rng.uniform(-fan, fan, (a, b)), rng.normal(size=b)
                 elif role == "block_out":
                     w, bias = rng.uniform(-BLOCK_INIT, BLOCK_INIT, (a, b)), rng.uniform(-BLOCK_INIT, BLOCK_INIT, (b,))
                 elif init == "fan_in":
