@@ -43,6 +43,7 @@ __all__ = [
     "TrainCheckpoint",
     "BatchSource",
     "default_optimizer",
+    "pick_jit",
 ]
 
 #: maps a raw batch to (model-space batch, log|det d model / d raw| per example) -- e.g. dequantise + logit
@@ -60,6 +61,10 @@ def set_seed(seed: int):
 
 #: accepted values of TrainConfig.matmul_dtype
 MATMUL_DTYPES = ("float32", "bfloat16")
+#: accepted values of TrainConfig.jit_compile
+JIT_CHOICES = (False, True, "auto")
+#: "auto" picks XLA only when its median call time is below this fraction of the other's (near ties stay off)
+JIT_AUTO_MARGIN = 0.9
 
 
 def _opt(**kw):
@@ -87,8 +92,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata=_opt(low=0, doc="0: at each evaluation"))
     #: checkpoints kept on disk (tf.train.CheckpointManager's max_to_keep)
     keep_checkpoints: int = field(default=2, metadata=_opt(low=1))
-    #: XLA-compile the training call (see fit), tf.function(jit_compile=True)
-    jit_compile: bool = False
+    #: XLA-compile the training call (see fit), tf.function(jit_compile=True); "auto": measured on this machine at
+    #: the start of fit (both ways, a few calls each; XLA only when clearly faster), see :func:`pick_jit`
+    jit_compile: bool | str = field(default=False, metadata=_opt(choices=JIT_CHOICES,
+                                                                  doc="auto: the faster, measured at the start"))
     #: training steps run by one compiled call (a loop in the graph); 0 = automatic
     steps_per_call: int = field(default=0, metadata=_opt(low=0, doc="0: automatic"))
     #: dynamic loss scaling for float16 compute; see fit's docstring
@@ -132,6 +139,8 @@ class History:
     steps_done: int = 0
     resumed_from: int = 0  # the step of the checkpoint this run resumed from (0 = fresh start)
     checkpoint: str = ""  # the last checkpoint written (empty without a checkpoint directory)
+    jit_compile: bool | None = None  # XLA or not, as run (config.jit_compile "auto" resolved by pick_jit)
+    jit_timing: dict = field(default_factory=dict)  # pick_jit's measurement: median seconds per step each way
 
     def rows(self):
         for i in range(len(self.step)):
@@ -371,7 +380,7 @@ class TrainCall:
     def __init__(self, flow: Flow, optimizer, transform: Transform, strategy, global_batch: int, per_call: int,
                  jit: bool = False, mixed_precision: bool = False, matmul_dtype: str = "float32"):
         self.flow, self.optimizer, self.transform, self.strategy = flow, optimizer, transform, strategy
-        self.matmul_dtype = matmul_dtype
+        self.matmul_dtype, self.jit = matmul_dtype, bool(jit)
         self.per_call, self.mixed = per_call, mixed_precision
         self.replicas = strategy.num_replicas_in_sync
         self.global_batch = global_batch
@@ -550,7 +559,9 @@ def fit(
       not underflow; which ops run in float16 is decided when the flow is built (Keras' global policy).
     * ``config.steps_per_call``: one compiled call runs up to this many steps (:class:`TrainCall`); calls end at
       every evaluation and checkpoint, so results, progress lines and resumes are the same as with 1. 0 picks
-      :func:`auto_steps_per_call`. ``config.jit_compile``: XLA (see :class:`TrainCall`).
+      :func:`auto_steps_per_call`. ``config.jit_compile``: XLA (see :class:`TrainCall`); ``"auto"`` measures both
+      ways on the run's first steps and keeps the faster (:func:`pick_jit`; ``History.jit_compile`` and
+      ``jit_timing`` say what was run and why, and a resumed run keeps its first process's choice).
     * ``config.matmul_dtype``: ``"bfloat16"`` runs the conditioner networks' hidden matrix products of the training
       call in bfloat16 (:func:`flows.nn.matmul_precision`; variables, densities, log-determinants and the loss stay
       float32).  Validation and the returned flow are float32.
@@ -575,8 +586,6 @@ def fit(
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(flow.trainable_variables)  # slots exist now, so a checkpoint restores into them at once
     per_call = _steps_per_call(config, batch_size, train)
-    step_fn = TrainCall(flow, optimizer, transform, strategy, batch_size, per_call, config.jit_compile,
-                        config.mixed_precision, config.matmul_dtype)
     batches = BatchSource(train, batch_size, config.seed, per_call)
     best = Checkpointer(flow)
     ckpt = None if checkpoint_dir is None else TrainCheckpoint(checkpoint_dir, flow, optimizer, best,
@@ -584,7 +593,24 @@ def fit(
     state = (ckpt and ckpt.restore()) or RunState()
     if state.step:
         log(f"resumed from {ckpt.latest} at step {state.step}/{config.steps}")
-    clock, last_log = _Clock(state.elapsed), (state.elapsed, state.step)
+    clock, last_log = _Clock(state.elapsed), (state.elapsed, state.step)  # pick_jit's measurement counts too
+
+    def make_call(jit):
+        return TrainCall(flow, optimizer, transform, strategy, batch_size, per_call, jit, config.mixed_precision,
+                         config.matmul_dtype)
+
+    if config.jit_compile != "auto":
+        state.history.jit_compile = bool(config.jit_compile)
+        step_fn = make_call(state.history.jit_compile)
+    elif state.history.jit_compile is not None:  # a resumed run keeps the choice its first process measured
+        step_fn = make_call(state.history.jit_compile)
+    else:
+        step_fn, state.history.jit_timing = pick_jit(make_call, batches, state.step + 1, config, strategy,
+                                                     flow, optimizer)
+        state.history.jit_compile = step_fn.jit
+        t = state.history.jit_timing
+        log(f"jit_compile auto: {'XLA' if step_fn.jit else 'no XLA'} ({1e3 * t.get('xla', math.nan):.2f} ms/step "
+            f"with XLA, {1e3 * t.get('graph', math.nan):.2f} without)")
     while not state.finished and state.step < config.steps:
         start, last = state.step + 1, _call_end(state.step + 1, per_call, config)
         for step, loss in enumerate(step_fn(batches.fill(start, last - start + 1), last - start + 1, config.seed,
@@ -613,6 +639,42 @@ def fit(
     state.history.steps_done, state.history.train_seconds = state.step, clock()
     best.restore()
     return state.history
+
+
+def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, strategy, flow: Flow, optimizer,
+             rounds: int = 3):
+    """``jit_compile: "auto"``: the faster training call on this machine, measured, and the measurement.
+
+    Both calls (``make_call(False)``, ``make_call(True)``) run the run's own next ``per_call`` steps: one call each
+    to compile, then ``rounds`` timed calls each, alternating so that a change in the machine's load hits both.  XLA
+    wins only when its median is below :data:`JIT_AUTO_MARGIN` times the other's, so near ties (where the choice
+    could flip from run to run) stay off.  Every variable of the flow and the optimizer is put back afterwards, so
+    the run then trains exactly as it would have with the chosen setting from the start.  With several replicas
+    (where XLA would compile only the loss-and-gradient function) nothing is measured: XLA stays off.
+
+    Returns (the chosen :class:`TrainCall`, {"graph": s/step, "xla": s/step, "margin": JIT_AUTO_MARGIN})."""
+    if strategy.num_replicas_in_sync > 1:
+        return make_call(False), {}
+    variables = list(flow.variables) + list(optimizer.variables)
+    saved = [v.numpy() for v in variables]
+    count = min(batches.buffer.shape[0], config.steps)
+    data = batches.fill(first, count)
+    calls = {"graph": make_call(False), "xla": make_call(True)}
+    times = {name: [] for name in calls}
+    try:
+        for name, call in calls.items():  # compile (and a first run)
+            call(data, count, config.seed, first)
+        for _ in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call(data, count, config.seed, first)
+                times[name].append((time.perf_counter() - start) / count)
+    finally:
+        for v, value in zip(variables, saved):
+            v.assign(value)
+    timing = {name: float(np.median(t)) for name, t in times.items()}
+    xla = timing["xla"] < JIT_AUTO_MARGIN * timing["graph"]
+    return calls["xla" if xla else "graph"], {**timing, "margin": JIT_AUTO_MARGIN}
 
 
 class _Clock:

@@ -53,7 +53,7 @@ def test_paper_power_rows_build_and_match_their_published_row():
         assert pub is not None, name
         rows[pub[0]] = name
         if name == "ffjord":  # 1.6 s a step on one core: a small budget, validated on a 20k-row subset
-            assert config.steps >= 1000 and config.max_val == 20000
+            assert config.steps >= 500 and config.max_val == 20000
         else:
             assert config.steps >= 5000 and config.max_val == 184435  # the whole validation split
     assert set(rows) == {"Gaussian", "MADE", "MADE MoG", "Real NVP (5)", "Real NVP (10)", "MAF (5)", "MAF (10)",

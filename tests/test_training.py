@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,59 @@ def test_jit_compile_and_mixed_precision_options_train_the_same_model():
     np.testing.assert_allclose(losses["xla"], losses["plain"], rtol=1e-4)
     np.testing.assert_allclose(losses["loss_scaled"], losses["plain"], rtol=1e-5)
     assert losses["plain"][-1] < losses["plain"][0]
+
+
+def _weights(flow):
+    return [v.numpy().tobytes() for v in flow.variables]
+
+
+@pytest.mark.parametrize("margin, expected", [(1e9, True), (0.0, False)])
+def test_jit_auto_trains_exactly_as_the_setting_it_picks(monkeypatch, margin, expected):
+    """jit_compile "auto" times both calls on the run's first steps, puts every variable back, and then trains
+    bit for bit as the chosen setting would from the start; the margin decides (0: XLA never wins, huge: always)."""
+    import flows.training as training
+
+    monkeypatch.setattr(training, "JIT_AUTO_MARGIN", margin)
+    x = gaussian_data(1500)
+    runs = {}
+    for jit in ("auto", expected):
+        set_seed(2)
+        flow = flows.build_flow("maf", [2], num_layers=2, hidden_units=[8, 8], batch_norm=True)
+        lines = []
+        h = fit(flow, x[:1000], x[1000:], TrainConfig(steps=40, eval_every=20, batch_size=64, steps_per_call=8,
+                                                      jit_compile=jit), log=lines.append)
+        runs[jit] = (h, _weights(flow), lines)
+    auto, chosen = runs["auto"], runs[expected]
+    assert auto[0].jit_compile is expected and chosen[0].jit_compile is expected
+    assert auto[1] == chosen[1] and auto[0].val_loss == chosen[0].val_loss  # batch-norm statistics included
+    timing = auto[0].jit_timing
+    assert timing["graph"] > 0 and timing["xla"] > 0 and timing["margin"] == margin and not chosen[0].jit_timing
+    assert auto[2][0].startswith(f"jit_compile auto: {'XLA' if expected else 'no XLA'} (")
+
+
+def test_jit_auto_choice_survives_a_resume(monkeypatch, tmp_path):
+    import flows.training as training
+
+    x = gaussian_data(1500)
+    flow = flows.build_flow("maf", [2], num_layers=1, hidden_units=[8])
+    config = TrainConfig(steps=40, eval_every=10, batch_size=64, steps_per_call=5, jit_compile="auto")
+    monkeypatch.setattr(training, "JIT_AUTO_MARGIN", 1e9)  # XLA
+    first = fit(flow, x[:1000], x[1000:], dataclasses_replace(config, steps=20), log=lambda s: None,
+                checkpoint_dir=tmp_path)
+    assert first.jit_compile is True
+    monkeypatch.setattr(training, "JIT_AUTO_MARGIN", 0.0)  # would pick no XLA if it measured again
+    lines = []
+    again = fit(flows.build_flow("maf", [2], num_layers=1, hidden_units=[8]), x[:1000], x[1000:], config,
+                log=lines.append, checkpoint_dir=tmp_path)
+    assert again.jit_compile is True and again.resumed_from == 20
+    assert not any(line.startswith("jit_compile auto") for line in lines)
+
+
+def test_jit_compile_accepts_true_false_and_auto_only():
+    with pytest.raises(flows.OptionsError) as info:
+        TrainConfig.from_options({"jit_compile": "yes"})
+    assert "jit_compile" in str(info.value) and "accepted: False, True, auto" in str(info.value)
+    assert TrainConfig.from_options({"jit_compile": "auto"}).jit_compile == "auto"
 
 
 def test_steps_per_call_changes_nothing_but_speed():
