@@ -47,6 +47,7 @@ def repo(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("models") / "repo")
     params = tiny_moons(load_params(), flows=("maf", "planar"))
     params["flows"]["planar"] = {"num_layers": 4}
+    params["datasets"]["moons"].setdefault("overrides", {})["planar"] = {"train": {"jit_compile": "auto"}}
     params["datasets"]["moons"].setdefault("overrides", {})["maf"] = {"train": {"jit_compile": True}}  # XLA's notices
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     outputs = []
@@ -163,6 +164,17 @@ def test_training_runs_log_system_metrics_and_keep_timing_out_of_the_metrics(rep
     train = json.loads((repo / "metrics" / "train" / "maf-moons.json").read_text())
     timing = json.loads((repo / "metrics" / "timing" / "maf-moons.json").read_text())
     assert "train_seconds" not in train and timing["train_seconds"] > 0
+    # jit_compile as run: maf's is set (true), planar's "auto" was measured, and both say what ran
+    assert timing["jit_compile"] is True and not any(k.startswith("jit_auto") for k in timing)
+    auto = json.loads((repo / "metrics" / "timing" / "planar-moons.json").read_text())
+    assert isinstance(auto["jit_compile"], bool)
+    assert auto["jit_auto_xla_ms_per_step"] > 0 and auto["jit_auto_graph_ms_per_step"] > 0
+    con = sqlite3.connect(repo / "mlflow.db")
+    try:
+        logged = {v for (v,) in con.execute("select value from params where key = 'jit_compile_as_run'")}
+    finally:
+        con.close()
+    assert logged == {"True", str(auto["jit_compile"])}
     assert "train_seconds" not in json.loads((repo / "metrics" / "eval" / "maf-moons.json").read_text())
     assert "train s" in (repo / "metrics" / "results.md").read_text()
 
