@@ -107,7 +107,7 @@ BAD = [
     (("flows", "maf10"), {"flow": "maf", "num_layer": 10}, ["flows.maf10 has no setting 'num_layer'", "num_layers"]),
     (("datasets", "nope"), {}, ["datasets has no setting 'nope'", "accepted", "moons"]),
     (("colour",), "red", ["'colour'", "accepted", "grid"]),
-    (("datasets", "moons", "train", "jit_compile"), "yes", ["datasets.moons.train.jit_compile", "'yes'", "true or false"]),
+    (("datasets", "moons", "train", "jit_compile"), "yes", ["datasets.moons.train.jit_compile", "'yes'", "False, True, auto"]),
     (("figures", "energy_steps"), 0, ["figures.energy_steps", "integer >= 1"]),
     # a section written as null is refused, not silently defaulted
     (("datasets", "moons", "train"), None, ["datasets.moons.train is empty (null)", "accepted", "steps"]),
