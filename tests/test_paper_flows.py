@@ -16,6 +16,7 @@ import tensorflow as tf  # noqa: E402
 import flows  # noqa: E402
 from flows import OptionsError  # noqa: E402
 from flows.made import MADE, MADEBaseFlow  # noqa: E402
+from flows.training import set_seed  # noqa: E402
 
 F64 = tf.float64
 SMALL = {"num_layers": 2, "hidden_units": [8, 8]}
@@ -147,8 +148,7 @@ def test_maf_mog_has_k_component_conditionals_in_the_reversed_order(k):
 
 
 def test_maf_mog_integrates_to_one_in_2d_and_samples_it():
-    import tf_keras
-    tf_keras.utils.set_random_seed(5)  # the initial draws (the base's output biases among them) whatever ran before
+    set_seed(5)  # the initial draws (the base's output biases among them) whatever ran before
     flow = flows.build_flow("maf", [2], "float64", mog_components=3, **SMALL)
     flow.initialize(tf.constant(_correlated(64, 2), F64))
     _perturb(flow, 0.2, seed=5)
@@ -272,8 +272,7 @@ def _per_feature_log_prob(made, x):
 @pytest.mark.parametrize("order", ["left-to-right", "right-to-left"])
 def test_made_mog_components_start_apart_for_every_feature_the_first_included(order):
     # the first feature in the order sees no input: only its output biases can tell its components apart
-    import tf_keras
-    tf_keras.utils.set_random_seed(3)
+    set_seed(3)  # flows.training.set_seed: Python, NumPy and TensorFlow (tf_keras's own would leak a generator)
     made = MADE(3, 4, [16, 16], dtype="float64", input_order=order)
     log_pi, mu, log_sigma = (t.numpy() for t in made._mixture(tf.zeros([2, 3], F64)))
     first = 0 if order == "left-to-right" else 2
@@ -285,8 +284,7 @@ def test_made_mog_components_start_apart_for_every_feature_the_first_included(or
 def test_made_mog_learns_a_bimodal_first_feature():
     # x_0 is bimodal (modes at +-1 after standardising, sd 0.15): a mixture fits it to about -0.2 nats, the best
     # single Gaussian to -1.42 (what a MADE MoG with identical first-feature components is stuck at)
-    import tf_keras
-    tf_keras.utils.set_random_seed(0)
+    set_seed(0)
     rng = np.random.default_rng(0)
     x0 = rng.choice([-1.0, 1.0], 4096) + 0.15 * rng.normal(size=4096)
     x = np.stack([x0, x0 + 0.5 * rng.normal(size=4096)], 1)
