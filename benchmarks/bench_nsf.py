@@ -61,7 +61,8 @@ def hparams(form: str, residual: bool) -> dict:
 
 def step_gflop(form: str, residual: bool, d: int = 6, batch: int = 512, bins: int = 8) -> float:
     """Matrix-product GFLOP of one training step (forward + backward) of the 10 conditioners."""
-    out = d * (3 * bins - 1) if form == "autoregressive" else d * (3 * bins - 1)
+    # the coupling's network computes the parameters of its free (transformed) features only
+    out = d * (3 * bins - 1) if form == "autoregressive" else (d - d // 2) * (3 * bins - 1)
     shapes = ([(d, 256)] + [(256, 256)] * 4 + [(256, out)]) if residual else [(d, 256), (256, 256), (256, out)]
     return 3 * 2 * batch * sum(a * b for a, b in shapes) * 10 / 1e9
 

@@ -38,8 +38,9 @@ from .base import FlowLayer, NotInvertibleError, as_dtype
 
 __all__ = [
     "ACTIVATIONS", "activation", "soft_clamp", "check_hidden_units", "check_positive_int", "alternating_mask",
-    "glorot_variable", "made_masks", "matmul_precision", "MLP", "MaskedMLP", "ConvNet", "bounded_log_scale", "Permutation",
-    "Reverse", "BatchNorm", "AffineCoupling", "MaskedAffineCoupling", "Invert",
+    "glorot_variable", "made_masks", "matmul_precision", "MLP", "MaskedMLP", "ConvNet", "bounded_log_scale", "permute",
+    "MaskSplit", "xla_training", "in_xla_training", "xla_barrier", "Permutation", "Reverse", "BatchNorm",
+    "AffineCoupling", "MaskedAffineCoupling", "Invert",
 ]
 
 #: hidden activations accepted wherever a flow has an ``activation`` option, by name (each is bitwise the
@@ -184,6 +185,39 @@ def _low_precision(h) -> tf.DType | None:
     return low if low is not None and h.dtype == tf.float32 else None
 
 
+#: whether a training call that XLA compiles is being traced (:func:`xla_training`)
+_XLA_TRAINING: list = [False]
+
+
+@contextlib.contextmanager
+def xla_training(enabled: bool = True):
+    """Marks the tracing of a training call that XLA compiles (:class:`flows.training.TrainCall` with
+    ``jit_compile``), so that layers may shape their gradients for XLA's CPU fusion (:func:`xla_barrier`)."""
+    previous, _XLA_TRAINING[0] = _XLA_TRAINING[0], bool(enabled)
+    try:
+        yield
+    finally:
+        _XLA_TRAINING[0] = previous
+
+
+def in_xla_training() -> bool:
+    """True while a training call that XLA compiles is being traced (:func:`xla_training`)."""
+    return _XLA_TRAINING[0]
+
+
+def xla_barrier(x):
+    """``x`` materialised: its consumers read it instead of fusing (and so recomputing) the ops that made it.
+
+    XLA's CPU backend fuses elementwise producers into every consumer, even into a broadcast that reads each
+    value ``K`` times, and it drops optimisation barriers before fusing, so the barrier is a product with the
+    identity (``x @ I``), which XLA never fuses into a loop.  Exact for finite values (a non-finite value spreads to
+    its row).  For ``[..., n]`` tensors; meant for training calls that XLA compiles (:func:`xla_training`)."""
+    eye = tf.eye(int(x.shape[-1]), dtype=x.dtype)
+    if x.shape.rank == 2:
+        return tf.matmul(x, eye)
+    return tf.reshape(tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), eye), tf.shape(x))
+
+
 def _matmul(h, kernel, low):
     """``h @ kernel`` in ``h``'s dtype, computed in ``low`` (None: directly)."""
     if low is None:
@@ -267,9 +301,30 @@ class MLP(tf.Module):
         return [lambda h, w=w, b=b, low=(low if i < last else None): _matmul(h, w, low) + b
                 for i, (w, b) in enumerate(pairs)]
 
-    def __call__(self, x, training: bool = False):
+    def __call__(self, x, training: bool = False, columns=None):
+        """The network's output; with ``columns`` (a fixed sequence of output indices) only those outputs, in that
+        order, and only their share of the output layer's product is computed."""
         low = _low_precision(tf.convert_to_tensor(x)) if self.dtype == tf.float32 else None
-        return _feedforward(x, self._linears(low), self.act, self.residual_blocks, self.dropout, training)
+        linears = self._linears(low)
+        if columns is not None:
+            linears[-1] = self._output_columns(np.asarray(columns, np.int64))
+        return _feedforward(x, linears, self.act, self.residual_blocks, self.dropout, training)
+
+    def _output_columns(self, columns):
+        if self.backend == "keras":
+            kernel, bias = self._network.layers[-1].kernel, self._network.layers[-1].bias
+        else:
+            kernel, bias = self.weights[-1], self.biases[-1]
+        n = int(kernel.shape[-1])
+        order = np.concatenate([columns, np.setdiff1d(np.arange(n), columns)])
+        inverse, k = np.argsort(order), len(columns)
+
+        def linear(h):
+            w = permute(tf.convert_to_tensor(kernel), order, inverse)[:, :k]
+            b = permute(tf.convert_to_tensor(bias), order, inverse)[:k]
+            return tf.matmul(tf.cast(h, w.dtype), w) + b
+
+        return linear
 
 
 # ---------------------------------------------------------------------------------------------------- MADE
@@ -493,6 +548,40 @@ class ConvNet(tf.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- layers
+def permute(x, order, inverse_order, axis: int = -1):
+    """``tf.gather(x, order, axis=axis)`` for a fixed permutation ``order`` (``inverse_order`` its argsort),
+    differentiated as the inverse permutation.  TensorFlow's own gradient of a gather is a scatter-add
+    (``UnsortedSegmentSum``), which XLA's CPU backend runs element by element; a permutation's is a gather.  Both
+    are exact: values and gradients are bitwise those of ``tf.gather``."""
+    order, inverse_order = np.asarray(order, np.int32), np.asarray(inverse_order, np.int32)  # graph constants
+
+    @tf.custom_gradient
+    def gather(x):
+        return tf.gather(x, order, axis=axis), lambda dy: tf.gather(dy, inverse_order, axis=axis)
+
+    return gather(x)
+
+
+class MaskSplit:
+    """The kept (mask True) and free features of the last axis, apart and back together, by fixed permutations
+    (:func:`permute`): a coupling computes its transform on the free features only."""
+
+    def __init__(self, mask):
+        mask = np.asarray(mask, dtype=bool)
+        self.kept, self.free = np.flatnonzero(mask), np.flatnonzero(~mask)
+        self.order = np.concatenate([self.kept, self.free])
+        self.inverse_order = np.argsort(self.order)
+
+    def split(self, x):
+        """``(x[..., kept], x[..., free])``."""
+        x = permute(x, self.order, self.inverse_order)
+        return x[..., : len(self.kept)], x[..., len(self.kept):]
+
+    def join(self, kept, free):
+        """The inverse of :meth:`split`."""
+        return permute(tf.concat([kept, free], axis=-1), self.inverse_order, self.order)
+
+
 class Permutation(FlowLayer):
     """A fixed permutation of the last axis (log-det 0), from an explicit ``order`` or a random ``seed``.
 
@@ -512,24 +601,32 @@ class Permutation(FlowLayer):
         if sorted(order.tolist()) != list(range(d)):
             raise ValueError(f"order {order.tolist()} is not a permutation of range({d})")
         self.dtype = as_dtype(dtype)
-        self.order = tf.constant(order, tf.int32)
-        self.inverse_order = tf.constant(np.argsort(order), tf.int32)
+        # NumPy, so that a traced call embeds them as constants (XLA sees a fixed gather, not a loop input)
+        self.order = order.astype(np.int32)
+        self.inverse_order = np.argsort(order).astype(np.int32)
 
     def _zero(self, x):
         return tf.zeros(tf.shape(x)[:1], self.dtype)
 
     def inverse(self, x, training: bool = False):
-        return tf.gather(x, self.order, axis=-1), self._zero(x)
+        return permute(x, self.order, self.inverse_order), self._zero(x)
 
     def forward(self, z):
-        return tf.gather(z, self.inverse_order, axis=-1), self._zero(z)
+        return permute(z, self.inverse_order, self.order), self._zero(z)
 
 
 class Reverse(Permutation):
-    """Reverse the order of the features (between autoregressive layers: MAF, NAF); log-det 0."""
+    """Reverse the order of the features (between autoregressive layers: MAF, NAF); log-det 0.  ``tf.reverse``,
+    whose gradient is a reverse too (see :func:`permute`)."""
 
     def __init__(self, event_size: int, dtype="float32", name=None):
         super().__init__(event_size, order=np.arange(int(event_size))[::-1], dtype=dtype, name=name)
+
+    def inverse(self, x, training: bool = False):
+        return tf.reverse(x, [-1]), self._zero(x)
+
+    def forward(self, z):
+        return tf.reverse(z, [-1]), self._zero(z)
 
 
 class BatchNorm(FlowLayer):
@@ -684,7 +781,8 @@ class MaskedAffineCoupling(FlowLayer):
         x = b * z + (1 - b) * (z - t) * exp(-s)      (noise -> data, same s, t since b * z = b * x).
 
     ``s`` is soft-clamped to (-3, 3) by ``3 tanh(raw / 3)`` so that no step can blow up.  The network (an
-    :class:`MLP`) starts with a zero last layer, so the layer starts as the identity.
+    :class:`MLP`) starts with a zero last layer, so the layer starts as the identity; it has an output for every
+    feature's ``s`` and ``t`` (checkpoints keep their shapes), of which only the free features' are computed.
 
     Arguments:
         mask: boolean array of length ``d``, True for the conditioning (unchanged) features.
@@ -703,23 +801,24 @@ class MaskedAffineCoupling(FlowLayer):
         d = mask.shape[0]
         self.mask = tf.constant(mask, self.dtype)
         self.net = MLP(d, 2 * d, hidden_units, self.dtype, activation=activation)
+        # the network's outputs are (s, t) for every feature; only the free features' are computed and used
+        self.split = MaskSplit(mask)
+        self.columns = np.concatenate([self.split.free, d + self.split.free])
 
-    def _scale_shift(self, kept, training=False):
-        s, t = tf.split(self.net(kept, training=training), 2, axis=-1)
-        free = 1 - self.mask
-        return soft_clamp(s, self.LOG_SCALE_BOUND) * free, t * free
+    def _scale_shift(self, x, training=False):
+        """(s, t) of the free features, from the kept ones (``b * x``)."""
+        s, t = tf.split(self.net(x * self.mask, training=training, columns=self.columns), 2, axis=-1)
+        return soft_clamp(s, self.LOG_SCALE_BOUND), t
 
     def inverse(self, x, training: bool = False):
-        kept = x * self.mask
-        s, t = self._scale_shift(kept, training)
-        z = kept + (1 - self.mask) * (x * tf.exp(s) + t)
-        return z, tf.reduce_sum(s, axis=-1)
+        s, t = self._scale_shift(x, training)
+        kept, free = self.split.split(x)
+        return self.split.join(kept, free * tf.exp(s) + t), tf.reduce_sum(s, axis=-1)
 
     def forward(self, z):
-        kept = z * self.mask
-        s, t = self._scale_shift(kept)
-        x = kept + (1 - self.mask) * (z - t) * tf.exp(-s)
-        return x, -tf.reduce_sum(s, axis=-1)
+        s, t = self._scale_shift(z)
+        kept, free = self.split.split(z)
+        return self.split.join(kept, (free - t) * tf.exp(-s)), -tf.reduce_sum(s, axis=-1)
 
 
 class Invert(FlowLayer):

@@ -11,7 +11,8 @@ import tensorflow_probability as tfp
 from .autoregressive import MaskedAutoregressive
 from .base import Flow, FlowLayer, as_dtype
 from .glow import LULinear
-from .nn import ACTIVATIONS, MLP, MaskedMLP, Permutation, alternating_mask, check_hidden_units, check_positive_int
+from .nn import (ACTIVATIONS, MLP, MaskedMLP, MaskSplit, Permutation, alternating_mask, check_hidden_units,
+                 check_positive_int, in_xla_training, xla_barrier)
 from .options import Option
 from .registry import register
 
@@ -51,7 +52,21 @@ def _bin(values, knots, num_bins):
 
 
 def _pick(onehot, table):
+    """``table``'s entry in the bin of ``onehot``: ``sum(onehot * table)`` over the last axis."""
+    if in_xla_training():
+        return _pick_xla(onehot, table)
     return tf.reduce_sum(onehot * table, axis=-1)
+
+
+@tf.custom_gradient
+def _pick_xla(onehot, table):
+    """:func:`_pick` with its gradient ``onehot * g`` read from a materialised ``g``: left alone, XLA fuses the whole
+    spline's elementwise gradient chain into the ``[..., K]`` products and recomputes it for every bin."""
+
+    def grad(g):
+        return None, onehot * xla_barrier(g)[..., None]
+
+    return tf.reduce_sum(onehot * table, axis=-1), grad
 
 
 def rqs(inputs, params, num_bins: int, tail_bound: float, inverse: bool = False):
@@ -136,7 +151,9 @@ class SplineCoupling(FlowLayer):
         log|det dz/dx| = sum_{i free} log RQS'_theta(x_i);
 
     noise -> data applies ``RQS^-1`` (an exact quadratic root).  Outside ``[-B, B]`` the map is the identity.
-    The MLP's last layer starts at zero, so the layer starts as the identity.
+    The MLP's last layer starts at zero, so the layer starts as the identity.  It has an output for every
+    feature's ``3K - 1`` spline parameters (so that checkpoints keep their shapes), but only the free features'
+    are computed (``MLP(..., columns=...)``), and the splines run on the free features only.
 
     Arguments:
         mask: boolean array of length ``d``, True for the conditioning (unchanged) features.
@@ -153,15 +170,20 @@ class SplineCoupling(FlowLayer):
         self.dtype = as_dtype(dtype)
         mask = np.asarray(mask, dtype=bool)
         self.d, self.num_bins, self.tail_bound = mask.shape[0], int(num_bins), float(tail_bound)
-        self.kept = tf.constant(mask)
         self.mask = tf.constant(mask, self.dtype)
-        self.net = MLP(self.d, self.d * (3 * self.num_bins - 1), hidden_units, self.dtype, activation=activation,
+        p = 3 * self.num_bins - 1
+        self.net = MLP(self.d, self.d * p, hidden_units, self.dtype, activation=activation,
                        residual_blocks=residual_blocks, dropout=dropout)
+        self.split = MaskSplit(mask)
+        self.columns = (self.split.free[:, None] * p + np.arange(p)[None, :]).reshape(-1)
 
     def _apply(self, v, inverse, training=False):
-        params = tf.reshape(self.net(v * self.mask, training=training), [-1, self.d, 3 * self.num_bins - 1])
-        out, ldj = rqs(v, params, self.num_bins, self.tail_bound, inverse=inverse)
-        return tf.where(self.kept, v, out), tf.reduce_sum((1 - self.mask) * ldj, axis=-1)
+        p = 3 * self.num_bins - 1  # the network gives every feature's p parameters; only the free ones' are used
+        params = tf.reshape(self.net(v * self.mask, training=training, columns=self.columns),
+                            [-1, len(self.split.free), p])
+        kept, free = self.split.split(v)
+        out, ldj = rqs(free, params, self.num_bins, self.tail_bound, inverse=inverse)
+        return self.split.join(kept, out), tf.reduce_sum(ldj, axis=-1)
 
     def inverse(self, x, training: bool = False):
         return self._apply(x, inverse=False, training=training)

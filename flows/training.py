@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from .base import Flow
 from .errors import NonFiniteError
-from .nn import matmul_precision
+from .nn import matmul_precision, xla_training
 from .options import Option, check_options, schema_of
 
 __all__ = [
@@ -436,7 +436,7 @@ class TrainCall:
                 lambda ctx: tf.convert_to_tensor(shards[ctx.replica_id_in_sync_group]))
         else:
             batches = tf.convert_to_tensor(batches)
-        with matmul_precision(self.matmul_dtype):  # read when the call is traced (the first time)
+        with matmul_precision(self.matmul_dtype), xla_training(self.jit):  # read when traced (the first time)
             losses = self.call(batches, tf.constant(count, tf.int32), tf.constant(seed, tf.int64),
                                tf.constant(first, tf.int64))
         return [float(v) for v in losses.numpy()[:count]]

@@ -194,3 +194,135 @@ def test_invert_of_a_density_only_layer_samples_but_has_no_density():
     np.testing.assert_array_equal(inv.forward(z)[0].numpy(), planar.apply(z)[0].numpy())
     with pytest.raises(NotInvertibleError, match=r"Invert\(PlanarLayer\) has no data -> noise map"):
         inv.inverse(z)
+
+
+# ------------------------------------------------------------------------------ XLA-friendly building blocks
+def _op_types(fn, *args):
+    return {op.type for op in tf.function(fn).get_concrete_function(*args).graph.get_operations()}
+
+
+@pytest.mark.parametrize("layer", ["permutation", "reverse"])
+def test_permutation_layers_are_gathers_bitwise_and_differentiate_without_a_scatter(layer):
+    d = 7
+    perm = nn.Permutation(d, seed=3) if layer == "permutation" else nn.Reverse(d)
+    order = np.random.default_rng(3).permutation(d) if layer == "permutation" else np.arange(d)[::-1]
+    x = tf.constant(np.random.default_rng(0).normal(size=(5, d)), tf.float32)
+    w = tf.constant(np.random.default_rng(1).normal(size=(5, d)), tf.float32)
+
+    def grads(x, via_layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = perm.inverse(x)[0] if via_layer else tf.gather(x, order, axis=-1)
+            loss = tf.reduce_sum(tf.sin(y) * w)
+        return y, tape.gradient(loss, x)
+
+    for compile_ in (lambda f: f, tf.function, lambda f: tf.function(f, jit_compile=True)):
+        (y, g), (y0, g0) = compile_(lambda x: grads(x, True))(x), compile_(lambda x: grads(x, False))(x)
+        np.testing.assert_array_equal(y.numpy(), y0.numpy())
+        np.testing.assert_array_equal(g.numpy(), g0.numpy())
+    np.testing.assert_array_equal(perm.forward(perm.inverse(x)[0])[0].numpy(), x.numpy())
+    # TensorFlow's gradient of a gather is a scatter-add, which XLA's CPU backend runs element by element
+    ops = _op_types(lambda x: grads(x, True), x)
+    assert not ops & {"UnsortedSegmentSum", "TensorScatterAdd", "ScatterNd"}, ops
+    assert "UnsortedSegmentSum" in _op_types(lambda x: grads(x, False), x)  # the check above can see one
+
+
+def test_permute_along_an_inner_axis_and_its_gradient():
+    order = np.array([2, 0, 3, 1])
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, 4, 2)), F64)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = nn.permute(x, order, np.argsort(order), axis=1)
+        loss = tf.reduce_sum(y ** 3)
+    np.testing.assert_array_equal(y.numpy(), x.numpy()[:, order])
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), 3 * x.numpy() ** 2)
+
+
+@pytest.mark.parametrize("mask", [[True, False, True, False, True, False], [False, True, True, False, False, True],
+                                  [True, True, False, True, False, False, False]])
+def test_mask_split_takes_kept_and_free_features_apart_and_back(mask):
+    mask = np.asarray(mask)
+    split = nn.MaskSplit(mask)
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, mask.size)), F64)
+    kept, free = split.split(x)
+    np.testing.assert_array_equal(kept.numpy(), x.numpy()[:, mask])
+    np.testing.assert_array_equal(free.numpy(), x.numpy()[:, ~mask])
+    np.testing.assert_array_equal(split.join(kept, free).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("backend", ["keras", "numpy"])
+def test_mlp_output_columns_are_the_full_outputs_columns_and_train_only_those(backend):
+    net = nn.MLP(5, 9, [8, 8], F64, zero_last=False, backend=backend)
+    _randomise(net)
+    x = _x(d=5)
+    columns = np.array([7, 0, 4, 5])
+    with tf.GradientTape(persistent=True) as tape:
+        full = net(x)
+        part = net(x, columns=columns)
+        loss_full = tf.reduce_sum(tf.gather(full, columns, axis=-1) ** 2)
+        loss_part = tf.reduce_sum(part ** 2)
+    np.testing.assert_allclose(part.numpy(), full.numpy()[:, columns], rtol=1e-12, atol=1e-12)
+    g_full = tape.gradient(loss_full, net.trainable_variables)
+    g_part = tape.gradient(loss_part, net.trainable_variables)
+    for a, b in zip(g_full, g_part):
+        np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy(), rtol=1e-10,
+                                   atol=1e-12)
+    (out_kernel,) = [tf.convert_to_tensor(g).numpy() for g, v in zip(g_part, net.trainable_variables)
+                     if v.shape == (8, 9)]
+    unused = np.setdiff1d(np.arange(9), columns)
+    assert np.all(out_kernel[:, unused] == 0) and np.all(np.any(out_kernel[:, columns] != 0, axis=0))
+
+
+@pytest.mark.parametrize("mask", [[True, True, False, True, False, False], [False, True, False, False, True]])
+@pytest.mark.parametrize("kind", ["affine", "spline"])
+def test_couplings_with_irregular_masks_keep_the_kept_features_and_invert(kind, mask):
+    from flows.spline import SplineCoupling
+
+    mask = np.asarray(mask)
+    d = mask.size
+    layer = (nn.MaskedAffineCoupling(mask, [16], F64) if kind == "affine"
+             else SplineCoupling(mask, 4, 3.0, [16], F64))
+    x = tf.constant(np.random.default_rng(2).normal(size=(6, d)), F64)
+    layer.inverse(x)
+    _randomise(layer, scale=0.3)
+    z, ldj = layer.inverse(x)
+    np.testing.assert_array_equal(z.numpy()[:, mask], x.numpy()[:, mask])
+    assert np.all(np.abs(z.numpy()[:, ~mask] - x.numpy()[:, ~mask]) > 1e-6)
+    back, fldj = layer.forward(z)
+    np.testing.assert_allclose(back.numpy(), x.numpy(), atol=1e-9)
+    np.testing.assert_allclose(fldj.numpy(), -ldj.numpy(), atol=1e-9)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z = layer.inverse(x)[0]
+    jac = tape.batch_jacobian(z, x).numpy()
+    np.testing.assert_allclose(ldj.numpy(), np.linalg.slogdet(jac)[1], atol=1e-9)
+
+
+def test_xla_barrier_is_exact_and_the_xla_training_spline_gradient_is_unchanged():
+    from flows.spline import rqs
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(64, 3)) * 2, tf.float32)
+    params = tf.constant(np.random.default_rng(1).normal(size=(64, 3, 23)), tf.float32)
+    np.testing.assert_array_equal(tf.function(nn.xla_barrier, jit_compile=True)(x).numpy(), x.numpy())
+    np.testing.assert_array_equal(nn.xla_barrier(params).numpy(), params.numpy())
+
+    def grads(x, params):
+        with tf.GradientTape() as tape:
+            tape.watch([x, params])
+            y, ldj = rqs(x, params, 8, 3.0)
+            loss = tf.reduce_sum(y ** 2) + tf.reduce_sum(ldj)
+        return tape.gradient(loss, [x, params])
+
+    plain = tf.function(grads, jit_compile=True)
+    shaped = tf.function(grads, jit_compile=True)
+    reference = plain(x, params)
+    assert not nn.in_xla_training()
+    with nn.xla_training():
+        assert nn.in_xla_training()
+        got = shaped(x, params)
+    assert not nn.in_xla_training()
+    assert "MatMul" not in _op_types(grads, x, params)  # outside the context: no barrier (x @ I) is traced
+    with nn.xla_training():
+        assert "MatMul" in _op_types(grads, x, params)
+    for a, b in zip(reference, got):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=2e-6, atol=2e-6)

@@ -1,0 +1,111 @@
+"""Where one XLA-compiled training step of a small flow spends its time: TensorFlow's profiler over the compiled
+call, XLA's own per-kernel events (``--xla_cpu_enable_xprof_traceme``), summed by kernel kind.
+
+    python benchmarks/profile_step.py nsf_c                 # the bench_peers.py shape: POWER D = 6, 5 x (2 x 64)
+    python benchmarks/profile_step.py maf --top 30 --threads 1
+
+What runs: :class:`flows.training.TrainCall` (the call ``fit`` compiles: 32 steps in one ``tf.while_loop``, Adam
+with cosine decay, clipping at 5) on 32 batches of 512 real POWER rows, with ``jit_compile=True``, after two untimed
+calls; then three profiled calls.  Printed: ms/step without the profiler (best of 5 calls), and the XLA kernels
+(fusions, dots, reduce-windows, ...) summed by kind over the profiled calls, in us per step (the profiler's own
+overhead inflates them: read them as shares).  Kernel names are XLA's: ``MatMul`` = dots, ``*_fusion`` = fused
+elementwise loops named after their root ops, ``wrapped_reduce-window`` = cumulative sums.
+
+Findings this script produced are in ``results/nsf_speed.md`` ("Small flows").
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_zuko import POWER, ROOT, our_flow  # noqa: E402
+
+WRAPPERS = {"call", "TFE_Py_ExecuteCancelable", "EagerExecute", "EagerKernelExecute", "BlockUntilReady",
+            "CpuExecutable::ExecuteAsyncOnStream", "ThunkExecutor::Execute", "EagerCopyToDevice"}
+
+
+def kernel_kind(name: str) -> str:
+    return re.sub(r"([._]\d+)+$", "", name)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("flow", choices=["maf", "realnvp", "nsf_c", "nsf_ar", "glow"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--top", type=int, default=20, help="kernel kinds to print")
+    args = ap.parse_args(argv)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_enable_xprof_traceme" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_xprof_traceme=true").strip()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2 (tf_keras), as flows itself sets before TensorFlow
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    sys.path.insert(0, ROOT)
+    import tf_keras as keras
+
+    from flows.training import TrainCall, set_seed
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    set_seed(0)
+    flow = our_flow(args.flow, 6, 5, 64)
+    train = np.load(os.path.join(POWER, "train.npy"), mmap_mode="r")
+    per_call, batch = 32, 512
+    batches = np.stack([train[i * batch:(i + 1) * batch] for i in range(per_call)]).astype(np.float32)
+    flow.initialize(tf.constant(batches[0]))
+    opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, 10_000), global_clipnorm=5.0)
+    call = TrainCall(flow, opt, lambda b, s: (b, tf.zeros([], b.dtype)), tf.distribute.get_strategy(), batch,
+                     per_call, jit=True)
+    call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)
+    best = min(_timed(call, batches, per_call) for _ in range(5))
+    print(f"{args.flow}: {best * 1e3:.3f} ms/step ({1 / best:.0f} steps/s) without the profiler, {args.threads} "
+          f"thread(s)")
+    calls = 3
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(calls):
+            call(batches, per_call, 0, 1)
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as fh:
+            space.ParseFromString(fh.read())
+    total, count = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "?")
+                if (name in WRAPPERS or name.startswith(("EagerLocalExecute", "__inference", "while", "end: ", "_call",
+                                                         "tf.constant"))):
+                    continue
+                kind = kernel_kind(name)
+                total[kind] += event.duration_ps / 1e6
+                count[kind] += 1
+    steps = calls * per_call
+    print(f"XLA kernels, summed by kind (profiled; {sum(total.values()) / steps:.0f} us/step in all):")
+    print("| us/step | kernels/step | kind |\n|---|---|---|")
+    for kind, us in total.most_common(args.top):
+        print(f"| {us / steps:.1f} | {count[kind] / steps:.0f} | {kind} |")
+
+
+def _timed(call, batches, per_call):
+    start = time.perf_counter()
+    call(batches, per_call, 0, 1)
+    return (time.perf_counter() - start) / per_call
+
+
+if __name__ == "__main__":
+    main()
