@@ -2,6 +2,7 @@
 
     python benchmarks/bench_nsf.py                       # all sections, 2 threads, ~6 min on 2 free cores
     python benchmarks/bench_nsf.py --threads 1 --steps 128 --json /tmp/nsf.json
+    python benchmarks/bench_nsf.py --paper-rows --root /tmp/old-checkout     # the pipeline's rows, an older tree
 
 Sections (all timings after compilation; steps/s between two timing marks of the same ``fit`` call):
 
@@ -121,6 +122,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=256, help="timed training steps per variant")
     ap.add_argument("--json", help="also write the numbers here")
+    ap.add_argument("--paper-rows", action="store_true",
+                    help="only the training-step rows the paper pipeline runs (both forms, the paper's conditioners, "
+                         "XLA, float32, real rows), after the ceiling; no pieces")
+    ap.add_argument("--root", default=ROOT, help="the checkout whose flows/ is timed (default: this one), to time "
+                                                 "an older tree against this one")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -128,7 +134,7 @@ def main(argv=None):
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.abspath(args.root))
     if not os.path.exists(os.path.join(POWER, "train.npy")):
         raise SystemExit(f"{POWER} is missing: run `dvc repro prepare@power` first")
     real = np.load(os.path.join(POWER, "train.npy"), mmap_mode="r")
@@ -144,6 +150,8 @@ def main(argv=None):
                 for jit in (False, True) for mm in ("float32", "bfloat16")]
     variants += [("autoregressive", True, True, "float32", "synthetic"), ("autoregressive", False, True, "float32",
                                                                            "synthetic")]
+    if args.paper_rows:
+        variants = [(form, True, True, "float32", "real") for form in ("autoregressive", "coupling")]
     for form, res, jit, mm, data in variants:
         rate = step_rate(real if data == "real" else synthetic, form, res, jit, mm, args.steps)
         gf = rate * step_gflop(form, res)
@@ -152,8 +160,8 @@ def main(argv=None):
         print(f"| {form} | {'2 residual blocks x 256' if res else 'plain 2x256'} | {'yes' if jit else 'no'} | {mm} | "
               f"{data} | {rate:.1f} | {gf:.0f} | {gf / f32:.0%} |", flush=True)
     out["steps"] = rows
-    out["pieces"] = {f"{'xla' if jit else 'graph'}_{mm}": pieces(jit, mm) for jit in (False, True)
-                     for mm in ("float32", "bfloat16")}
+    out["pieces"] = {} if args.paper_rows else {f"{'xla' if jit else 'graph'}_{mm}": pieces(jit, mm)
+                                                 for jit in (False, True) for mm in ("float32", "bfloat16")}
     for k, v in out["pieces"].items():
         print(f"pieces {k}: 10 conditioners fwd+bwd {v['conditioners_ms']:.1f} ms, 10 splines fwd+bwd "
               f"{v['splines_ms']:.2f} ms", flush=True)
