@@ -23,7 +23,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-POWER = os.path.join(HERE, "..", "data", "processed", "power")
+sys.path.insert(0, HERE)
+from bench_nsf import POWER, hparams  # noqa: E402  (the paper RQ-NSF's hyper-parameters; stdlib-only at import)
 
 
 def main(argv=None):
@@ -50,8 +51,7 @@ def main(argv=None):
     train, val, test = (np.load(os.path.join(POWER, f"{s}.npy"), mmap_mode="r") for s in ("train", "val", "test"))
     cfg = TrainConfig(steps=args.steps, batch_size=512, learning_rate=5e-4, clip_norm=5.0, eval_every=args.steps,
                       max_val=20000, jit_compile=not args.no_jit, matmul_dtype=args.matmul_dtype, seed=args.seed)
-    flow = flows.build_flow("nsf", [6], form=args.form, num_layers=10, hidden_units=[256], residual_blocks=2,
-                            num_bins=8, tail_bound=3.0, lu_linear=True, dropout=0.0)
+    flow = flows.build_flow("nsf", [6], **hparams(args.form, residual=True))
     start = time.perf_counter()
     history = fit(flow, train, val, cfg, log=lambda s: None, init_seed=args.seed)
     result = evaluate(flow, np.asarray(test))
