@@ -533,7 +533,6 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     strategy: tf.distribute.Strategy | None = None,
     optimizer=None,
-    init_seed: int | None = None,
 ) -> History:
     """Train ``flow`` by maximum likelihood on ``train`` rows; validate on ``val`` every ``eval_every`` steps.
 
@@ -541,8 +540,9 @@ def fit(
 
     * ``optimizer``: a Keras 2 optimizer (with its own learning-rate schedule); default
       :func:`default_optimizer` (Adam, cosine annealing, global-norm clipping).
-    * ``init_seed``: when given, TensorFlow's global seed is set to it (:func:`set_seed`, process-wide) just before
-      the flow's variables are created; otherwise fit changes no process-wide state.
+    * Seeding: ``fit`` changes no process-wide state.  A flow draws its initial weights when it is built, so call
+      :func:`set_seed` before :func:`flows.build_flow` for a run that repeats bitwise, across processes too; the
+      batches are a pure function of ``config.seed`` and the step, and the per-step noise seeds are stateless.
     * ``checkpoint_dir``: every ``config.checkpoint_every`` steps (0: at each evaluation) a :class:`TrainCheckpoint`
       is written there; when the directory already holds one, training resumes from it and ends where the
       uninterrupted run would (batches are a pure function of (seed, step), see :func:`batch_indices`; the
@@ -575,8 +575,6 @@ def fit(
     if batch_size < replicas:
         raise ValueError(f"batch_size {batch_size} is smaller than the number of replicas {replicas}")
     val = val[: config.max_val]
-    if init_seed is not None:
-        set_seed(init_seed)
     first = np.asarray(train[np.random.default_rng(config.seed).choice(n, size=min(n, 1024), replace=False)])
     y0, _ = transform(tf.convert_to_tensor(first), tf.constant([config.seed, -1], tf.int64))
     with strategy.scope():

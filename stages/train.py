@@ -72,7 +72,7 @@ def main(argv=None):
         keras.mixed_precision.set_global_policy("mixed_float16")
     if tf.config.list_logical_devices("GPU") or config.deterministic:
         tf.config.experimental.enable_op_determinism()  # GPU reductions need it; CPU kernels are deterministic
-    set_seed(seed)
+    set_seed(seed)  # before the flow is built: building draws its initial weights
     with strategy.scope():
         flow, transform, model_shape = model_for_data(flow_name, hparams, spec.kind, spec.event_shape,
                                                       spec.levels, config.logit_alpha)
@@ -86,7 +86,7 @@ def main(argv=None):
     try:
         with tracking.system_metrics(run):  # CPU, memory, disk, GPU of the run, every 10 s; stopped on failure
             history = fit(flow, splits.train, splits.val, config, transform=transform, checkpoint_dir=fit_dir,
-                          strategy=strategy, init_seed=seed,
+                          strategy=strategy,
                           on_eval=run and (lambda step, tr, va: run.log_metrics({"train_nll": tr, "val_nll": va}, step)))
     except BaseException:
         if run:
