@@ -3,6 +3,7 @@ call, XLA's own per-kernel events (``--xla_cpu_enable_xprof_traceme``), summed b
 
     python benchmarks/profile_step.py nsf_c                 # the bench_peers.py shape: POWER D = 6, 5 x (2 x 64)
     python benchmarks/profile_step.py maf --top 30 --threads 1
+    python benchmarks/profile_step.py nsf_ar_paper          # the NSF paper's RQ-NSF for POWER (bench_nsf.hparams)
 
 What runs: :class:`flows.training.TrainCall` (the call ``fit`` compiles: 32 steps in one ``tf.while_loop``, Adam
 with cosine decay, clipping at 5) on 32 batches of 512 real POWER rows, with ``jit_compile=True``, after two untimed
@@ -39,7 +40,7 @@ def kernel_kind(name: str) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("flow", choices=["maf", "realnvp", "nsf_c", "nsf_ar", "glow"])
+    ap.add_argument("flow", choices=["maf", "realnvp", "nsf_c", "nsf_ar", "glow", "nsf_ar_paper", "nsf_c_paper"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=20, help="kernel kinds to print")
     args = ap.parse_args(argv)
@@ -61,7 +62,14 @@ def main(argv=None):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     set_seed(0)
-    flow = our_flow(args.flow, 6, 5, 64)
+    if args.flow.endswith("_paper"):
+        import flows
+        from bench_nsf import hparams
+
+        form = "autoregressive" if args.flow == "nsf_ar_paper" else "coupling"
+        flow = flows.build_flow("nsf", [6], **hparams(form, residual=True))
+    else:
+        flow = our_flow(args.flow, 6, 5, 64)
     train = np.load(os.path.join(POWER, "train.npy"), mmap_mode="r")
     per_call, batch = 32, 512
     batches = np.stack([train[i * batch:(i + 1) * batch] for i in range(per_call)]).astype(np.float32)

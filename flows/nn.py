@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -138,7 +139,12 @@ def _feedforward(x, linears, act, residual_blocks: int, dropout: float, training
                  act_before_output: bool = False):
     """The forward pass of every network here, over ``linears`` (callables, in :func:`_layer_shapes` order)."""
     def drop(h):
-        return tf.nn.dropout(h, rate=dropout) if training and dropout > 0 else h
+        if not (training and dropout > 0):
+            return h
+        seed = _next_noise_seed()
+        if seed is None:  # outside a training call (noise_seed): TensorFlow's stateful generator
+            return tf.nn.dropout(h, rate=dropout)
+        return tf.nn.experimental.stateless_dropout(h, rate=dropout, seed=seed)
 
     if not residual_blocks:
         h = x
@@ -203,6 +209,32 @@ def xla_training(enabled: bool = True):
 def in_xla_training() -> bool:
     """True while a training call that XLA compiles is being traced (:func:`xla_training`)."""
     return _XLA_TRAINING[0]
+
+
+_NOISE = threading.local()  # per thread: MirroredStrategy traces each replica's step in its own thread
+
+
+@contextlib.contextmanager
+def noise_seed(seed):
+    """Dropout traced inside draws its masks from stateless seeds derived from ``seed`` (an integer ``[2]``
+    tensor; :class:`flows.training.TrainCall` passes each step's ``[config.seed, step]``), so a step's noise is a
+    pure function of (seed, step): a resumed run repeats the uninterrupted one, under XLA too.  The k-th dropout
+    traced uses ``stateless_fold_in(seed, k)``, k = 1, 2, ...; outside this context dropout uses TensorFlow's
+    stateful generator."""
+    previous = getattr(_NOISE, "state", None)
+    _NOISE.state = [seed, 0]
+    try:
+        yield
+    finally:
+        _NOISE.state = previous
+
+
+def _next_noise_seed():
+    state = getattr(_NOISE, "state", None)
+    if state is None:
+        return None
+    state[1] += 1
+    return tf.random.experimental.stateless_fold_in(state[0], state[1])
 
 
 def xla_barrier(x):

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from .base import Flow
 from .errors import NonFiniteError
-from .nn import matmul_precision, xla_training
+from .nn import matmul_precision, noise_seed, xla_training
 from .options import Option, check_options, schema_of
 
 __all__ = [
@@ -393,7 +393,7 @@ class TrainCall:
     def loss_and_grads(self, batch, seed):
         """This replica's share of the mean negative log-likelihood (nats) of the global batch, and its gradients."""
         flow, opt = self.flow, self.optimizer
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, noise_seed(seed):  # dropout's masks: stateless, from the step's seed
             y, ldj = self.transform(batch, seed)
             lp = flow.log_prob(y, training=True) + tf.cast(ldj, flow.dtype)  # in the flow's dtype, no downcast
             loss = -tf.reduce_sum(lp) / tf.cast(self.global_batch, flow.dtype)
@@ -542,11 +542,11 @@ def fit(
       :func:`default_optimizer` (Adam, cosine annealing, global-norm clipping).
     * Seeding: ``fit`` changes no process-wide state.  A flow draws its initial weights when it is built, so call
       :func:`set_seed` before :func:`flows.build_flow` for a run that repeats bitwise, across processes too; the
-      batches are a pure function of ``config.seed`` and the step, and the per-step noise seeds are stateless.
+      batches are a pure function of ``config.seed`` and the step, and so is every step's noise (the transform's
+      dequantisation noise, and dropout's masks through :func:`flows.nn.noise_seed`).
     * ``checkpoint_dir``: every ``config.checkpoint_every`` steps (0: at each evaluation) a :class:`TrainCheckpoint`
       is written there; when the directory already holds one, training resumes from it and ends where the
-      uninterrupted run would (batches are a pure function of (seed, step), see :func:`batch_indices`; the
-      per-step noise seeds are stateless).
+      uninterrupted run would (batches and noise are pure functions of (seed, step), see :func:`batch_indices`).
     * A NaN or Inf loss (or non-finite weights when a checkpoint is due) raises ``FloatingPointError`` naming the
       step and the last good checkpoint, which is kept.
     * ``strategy``: the ``tf.distribute`` strategy the flow's variables were created under (default: the current

@@ -141,6 +141,31 @@ def test_mlp_residual_blocks_and_dropout(backend):
         nn.MLP(3, 7, [16], F64, dropout=1.0, backend=backend)
 
 
+@pytest.mark.parametrize("backend", nn.BACKENDS)
+def test_dropout_inside_noise_seed_is_a_function_of_the_seed(backend):
+    net = nn.MLP(3, 7, [16, 16], F64, residual_blocks=1, dropout=0.5, zero_last=False, backend=backend, seed=3)
+    x = _x(n=32, d=3)
+
+    @tf.function
+    def step(seed):
+        with nn.noise_seed(seed):
+            return net(x, training=True)
+
+    s1, s2 = tf.constant([7, 1], tf.int64), tf.constant([7, 2], tf.int64)
+    a, again, other = step(s1).numpy(), step(s1).numpy(), step(s2).numpy()
+    np.testing.assert_array_equal(a, again)  # the same step's seed: the same masks, call after call
+    assert np.abs(a - other).max() > 0  # the next step: new masks
+    with nn.noise_seed(s1):
+        eager = net(x, training=True).numpy()
+    np.testing.assert_allclose(eager, a, rtol=1e-12, atol=1e-14)  # traced or eager: the same masks (a graph may round differently)
+    plain = net(x, training=False).numpy()
+    assert np.abs(a - plain).max() > 0  # the masks did drop units
+    # each dropout site its own stream: the stem's and the block's masks differ
+    with nn.noise_seed(s1):
+        seeds = [nn._next_noise_seed().numpy() for _ in range(2)]
+    assert not np.array_equal(seeds[0], seeds[1]) and nn._next_noise_seed() is None  # and none outside
+
+
 def test_residual_blocks_start_near_the_identity_and_made_shapes():
     """The last layer of each block starts uniform in +-1e-3, so a block starts as (nearly) the skip connection."""
     x = _x(n=8, d=4)

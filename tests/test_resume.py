@@ -30,9 +30,10 @@ seed = int(sys.argv[5]) if len(sys.argv) > 5 else 5
 rng = np.random.default_rng(0)
 x = (rng.normal(size=(3000, 2)) * [2.0, 0.5] + [1.0, -1.0]).astype(np.float32)
 set_seed(seed)  # before building: the flow draws its initial weights when it is built
-hparams = {"ffjord": {"hidden_units": [16, 16], "trace": "hutchinson", "num_steps": 4}}.get(
-    flow_name, {"num_layers": 2, "hidden_units": [16, 16]})
-flow = flows.build_flow(flow_name, [2], **hparams)
+name, hparams = {"ffjord": ("ffjord", {"hidden_units": [16, 16], "trace": "hutchinson", "num_steps": 4}),
+                 "nsf-dropout": ("nsf", {"num_layers": 2, "hidden_units": [16, 16], "dropout": 0.2})}.get(
+    flow_name, (flow_name, {"num_layers": 2, "hidden_units": [16, 16]}))
+flow = flows.build_flow(name, [2], **hparams)
 config = TrainConfig(steps=120, batch_size=64, eval_every=20, checkpoint_every=10, learning_rate=3e-3, seed=seed,
                      jit_compile=jit)
 h = fit(flow, x[:2000], x[2000:2500], config, checkpoint_dir=None if ckpt == "-" else ckpt,
@@ -56,8 +57,10 @@ def result(proc):
     return json.loads(line[len("RESULT "):])
 
 
-# ffjord: stochastic (Hutchinson) training loss; xla: the whole multi-step call compiled by XLA
-@pytest.mark.parametrize("flow_name,jit", [("maf", "plain"), ("ffjord", "plain"), ("realnvp", "xla")])
+# ffjord: stochastic (Hutchinson) training loss; nsf-dropout: dropout in its networks; xla: the whole multi-step
+# call compiled by XLA
+@pytest.mark.parametrize("flow_name,jit", [("maf", "plain"), ("ffjord", "plain"), ("realnvp", "xla"),
+                                           ("nsf-dropout", "plain"), ("nsf-dropout", "xla")])
 def test_kill_9_and_resume_gives_the_same_test_number(tmp_path, flow_name, jit):
     ckpt = tmp_path / "ckpt"
     reference = run(["-", flow_name, "0", jit])  # uninterrupted, no checkpoints
@@ -84,7 +87,7 @@ def test_kill_9_and_resume_gives_the_same_test_number(tmp_path, flow_name, jit):
 
 # nsf: its spline parameters start at the identity (zero output layers), so the first loss does not depend on
 # the hidden weights: a run whose hidden weights were drawn unseeded starts from the same loss and then drifts
-@pytest.mark.parametrize("flow_name,jit", [("nsf", "xla"), ("maf", "plain")])
+@pytest.mark.parametrize("flow_name,jit", [("nsf", "xla"), ("maf", "plain"), ("nsf-dropout", "xla")])
 def test_a_seeded_run_repeats_bitwise_in_a_fresh_process(flow_name, jit):
     first, again, other = (run(["-", flow_name, "0", jit, seed]) for seed in ("5", "5", "6"))
     first, again, other = result(first), result(again), result(other)
