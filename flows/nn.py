@@ -246,8 +246,8 @@ def xla_barrier(x):
     its row).  For ``[..., n]`` tensors; meant for training calls that XLA compiles (:func:`xla_training`)."""
     eye = tf.eye(int(x.shape[-1]), dtype=x.dtype)
     if x.shape.rank == 2:
-        return tf.matmul(x, eye)
-    return tf.reshape(tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), eye), tf.shape(x))
+        return tf.matmul(x, eye, name="xla_barrier")
+    return tf.reshape(tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), eye, name="xla_barrier"), tf.shape(x))
 
 
 def _matmul(h, kernel, low):

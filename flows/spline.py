@@ -34,20 +34,54 @@ def spline_knots(params, num_bins: int, tail_bound: float):
     identity tails ``|x| > B`` join smoothly.  All parameters zero give the identity.
     """
     k = int(num_bins)
-    dtype = params.dtype
-    scale = tf.constant(2.0 * tail_bound - k * MIN_BIN, dtype)
     w, h, s = params[..., :k], params[..., k:2 * k], params[..., 2 * k:]
-    widths = tf.nn.softmax(w, axis=-1) * scale + tf.constant(MIN_BIN, dtype)
-    heights = tf.nn.softmax(h, axis=-1) * scale + tf.constant(MIN_BIN, dtype)
-    c = tf.constant(math.log(math.expm1(1.0 - MIN_SLOPE)), dtype)  # softplus(0 + c) + MIN_SLOPE = 1
-    interior = tf.nn.softplus(s + c) + tf.constant(MIN_SLOPE, dtype)
+    widths, heights, interior = _constrain(w, h, s, k, tail_bound)
     ones = tf.ones_like(interior[..., :1])
     return widths, heights, tf.concat([ones, interior, ones], axis=-1)
 
 
-def _bin(values, knots, num_bins):
-    """One-hot ``[..., K]`` of the bin of each value (edges = ``knots[..., 1:K]``), values inside the range."""
-    idx = tf.reduce_sum(tf.cast(values[..., None] >= knots[..., 1:num_bins], tf.int32), axis=-1)
+def _constrain(w, h, s, k, tail_bound):
+    dtype = w.dtype
+    scale = tf.constant(2.0 * tail_bound - k * MIN_BIN, dtype)
+    widths = tf.nn.softmax(w, axis=-1) * scale + tf.constant(MIN_BIN, dtype)
+    heights = tf.nn.softmax(h, axis=-1) * scale + tf.constant(MIN_BIN, dtype)
+    c = tf.constant(math.log(math.expm1(1.0 - MIN_SLOPE)), dtype)  # softplus(0 + c) + MIN_SLOPE = 1
+    return widths, heights, tf.nn.softplus(s + c) + tf.constant(MIN_SLOPE, dtype)
+
+
+def _bin_parts(params, num_bins: int, tail_bound: float):
+    """Per bin, ``[..., K]`` each: left x knot, width, left y knot, height, left and right knot derivatives.
+
+    Inside an XLA training call (:func:`flows.nn.in_xla_training`): :func:`spline_knots`, cumulative sums and
+    slices (XLA fuses them).  Elsewhere the same values from ops that are cheap op by op: a split instead of
+    slices (whose gradients are full-size scatters), the knots as one product with a triangular matrix instead of
+    ``tf.cumsum`` (slow on small axes, and so is its gradient), the derivatives of both ends built directly."""
+    k = int(num_bins)
+    bound = tf.constant(tail_bound, params.dtype)
+    if in_xla_training():
+        widths, heights, derivs = spline_knots(params, k, tail_bound)
+        zero = tf.zeros_like(widths[..., :1])
+        cum_w = tf.concat([zero, tf.cumsum(widths, axis=-1)], axis=-1) - bound  # x knots, -B .. B
+        cum_h = tf.concat([zero, tf.cumsum(heights, axis=-1)], axis=-1) - bound  # y knots
+        return cum_w[..., :-1], widths, cum_h[..., :-1], heights, derivs[..., :-1], derivs[..., 1:]
+    widths, heights, interior = _constrain(*tf.split(params, [k, k, k - 1], axis=-1), k, tail_bound)
+    ones = tf.ones_like(interior[..., :1])
+    return (_exclusive_cumsum(widths) - bound, widths, _exclusive_cumsum(heights) - bound, heights,
+            tf.concat([ones, interior], axis=-1), tf.concat([interior, ones], axis=-1))
+
+
+def _exclusive_cumsum(x):
+    """``[..., K]`` -> ``x_0 + ... + x_{i-1}`` at ``i`` (0 at 0): one product with a strictly upper-triangular
+    matrix of ones, summed in index order like ``tf.cumsum``."""
+    k = int(x.shape[-1])
+    upper = tf.constant(np.triu(np.ones((k, k)), 1), x.dtype)
+    return tf.reshape(tf.matmul(tf.reshape(x, [-1, k]), upper), tf.shape(x))
+
+
+def _bin(values, left, num_bins):
+    """One-hot ``[..., K]`` of the bin of each value (``left``: the bins' left knots, ``[..., K]``; the edges are
+    ``left[..., 1:]``), values inside the range."""
+    idx = tf.reduce_sum(tf.cast(values[..., None] >= left[..., 1:num_bins], tf.int32), axis=-1)
     return tf.one_hot(idx, num_bins, dtype=values.dtype)
 
 
@@ -88,16 +122,13 @@ def rqs(inputs, params, num_bins: int, tail_bound: float, inverse: bool = False)
     """
     dtype = inputs.dtype
     bound = tf.constant(tail_bound, dtype)
-    widths, heights, derivs = spline_knots(params, num_bins, tail_bound)
-    zero = tf.zeros_like(widths[..., :1])
-    cum_w = tf.concat([zero, tf.cumsum(widths, axis=-1)], axis=-1) - bound  # x knots, -B .. B
-    cum_h = tf.concat([zero, tf.cumsum(heights, axis=-1)], axis=-1) - bound  # y knots
+    x_left, widths, y_left, heights, d_left, d_right = _bin_parts(params, num_bins, tail_bound)
     inside = tf.abs(inputs) < bound
     v = tf.clip_by_value(inputs, -bound, bound)
-    onehot = _bin(v, cum_h if inverse else cum_w, num_bins)
-    x_k, w_k = _pick(onehot, cum_w[..., :-1]), _pick(onehot, widths)
-    y_k, h_k = _pick(onehot, cum_h[..., :-1]), _pick(onehot, heights)
-    d_k, d_k1 = _pick(onehot, derivs[..., :-1]), _pick(onehot, derivs[..., 1:])
+    onehot = _bin(v, y_left if inverse else x_left, num_bins)
+    x_k, w_k = _pick(onehot, x_left), _pick(onehot, widths)
+    y_k, h_k = _pick(onehot, y_left), _pick(onehot, heights)
+    d_k, d_k1 = _pick(onehot, d_left), _pick(onehot, d_right)
     s_k = h_k / w_k
     sum_d = d_k1 + d_k - 2 * s_k
     if inverse:

@@ -268,3 +268,81 @@ def test_bfloat16_matmuls_round_only_the_conditioner_products_in_training():
     assert not np.array_equal(runs["float32"][0], runs["bfloat16"][0])
     np.testing.assert_allclose(runs["bfloat16"][0], runs["float32"][0], atol=0.05)
     assert abs(runs["bfloat16"][1] - runs["float32"][1]) < 0.05
+
+
+# ------------------------------------------------------------------------------------------ fused Adam
+def _adam_runs(make, steps=5, jit=False, dtype=tf.float64):
+    """The variables after ``steps`` updates of ``make()`` on fixed gradients, traced in one tf.function."""
+    from flows.nn import xla_training
+
+    rng = np.random.default_rng(0)
+    variables = [tf.Variable(rng.normal(size=s), dtype=dtype) for s in [(7, 5), (5,), ()]]
+    grads = [[tf.constant(rng.normal(size=v.shape), dtype) for v in variables] for _ in range(steps)]
+    opt = make()
+    opt.build(variables)
+
+    @tf.function(jit_compile=jit)
+    def apply(gs):
+        opt.apply_gradients(zip(gs, variables))
+
+    with xla_training(jit):
+        for gs in grads:
+            apply(gs)
+    return [v.numpy() for v in variables], opt
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"global_clipnorm": 0.5}, {"learning_rate": 0.3, "beta_1": 0.5}])
+def test_fused_adam_updates_as_keras_adam(kwargs):
+    import tf_keras as keras
+
+    from flows.training import fused_adam
+
+    want, _ = _adam_runs(lambda: keras.optimizers.Adam(**kwargs))
+    got, opt = _adam_runs(lambda: fused_adam(**kwargs))
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
+    assert int(opt.iterations.numpy()) == 5
+    # under XLA (the training call fit compiles): Keras' own update, bitwise
+    want_xla, _ = _adam_runs(lambda: keras.optimizers.Adam(**kwargs), jit=True, dtype=tf.float32)
+    got_xla, _ = _adam_runs(lambda: fused_adam(**kwargs), jit=True, dtype=tf.float32)
+    for w, g in zip(want_xla, got_xla):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_fused_adam_runs_the_fused_kernel_outside_xla_only():
+    from flows.nn import xla_training
+    from flows.training import fused_adam
+
+    v = tf.Variable(tf.ones([3]))
+    opt = fused_adam(learning_rate=0.1)
+    opt.build([v])
+
+    def ops(jit):
+        fn = tf.function(lambda g: opt.apply_gradients([(g, v)]))
+        with xla_training(jit):
+            graph = fn.get_concrete_function(tf.TensorSpec([3])).graph
+        types = {op.type for op in graph.get_operations()}
+        for f in graph._functions.values():
+            types |= {n.op for n in f.definition.node_def}
+        return types
+
+    assert "ResourceApplyAdam" in ops(False)
+    assert "ResourceApplyAdam" not in ops(True)
+
+
+def test_a_keras_adam_checkpoint_restores_into_fused_adam(tmp_path):
+    import tf_keras as keras
+
+    from flows.training import fused_adam
+
+    v = tf.Variable([1.0, 2.0])
+    old = keras.optimizers.Adam(0.1)
+    old.apply_gradients([(tf.constant([0.5, -1.0]), v)])
+    path = tf.train.Checkpoint(opt=old, v=v).save(str(tmp_path / "ckpt"))
+    w = tf.Variable([0.0, 0.0])
+    new = fused_adam(learning_rate=0.1)
+    new.build([w])
+    tf.train.Checkpoint(opt=new, v=w).restore(path).assert_existing_objects_matched()
+    assert int(new.iterations.numpy()) == 1
+    np.testing.assert_array_equal(new.variables()[1].numpy(), old.variables()[1].numpy())  # the first moment
+    np.testing.assert_array_equal(w.numpy(), v.numpy())
