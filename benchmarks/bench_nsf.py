@@ -3,6 +3,7 @@
     python benchmarks/bench_nsf.py                       # all sections, 2 threads, ~6 min on 2 free cores
     python benchmarks/bench_nsf.py --threads 1 --steps 128 --json /tmp/nsf.json
     python benchmarks/bench_nsf.py --paper-rows --root /tmp/old-checkout     # the pipeline's rows, an older tree
+    python benchmarks/bench_nsf.py --paper-all --threads 1 --steps 96       # the paper RQ-NSF each way, 8 rows
 
 Sections (all timings after compilation; steps/s between two timing marks of the same ``fit`` call):
 
@@ -125,6 +126,9 @@ def main(argv=None):
     ap.add_argument("--paper-rows", action="store_true",
                     help="only the training-step rows the paper pipeline runs (both forms, the paper's conditioners, "
                          "XLA, float32, real rows), after the ceiling; no pieces")
+    ap.add_argument("--paper-all", action="store_true",
+                    help="the paper's conditioners on the real rows, both forms, with and without XLA, float32 and "
+                         "bfloat16 products (8 rows), after the ceiling; no pieces")
     ap.add_argument("--root", default=ROOT, help="the checkout whose flows/ is timed (default: this one), to time "
                                                  "an older tree against this one")
     args = ap.parse_args(argv)
@@ -152,6 +156,8 @@ def main(argv=None):
                                                                            "synthetic")]
     if args.paper_rows:
         variants = [(form, True, True, "float32", "real") for form in ("autoregressive", "coupling")]
+    elif args.paper_all:
+        variants = [v for v in variants if v[1] and v[4] == "real"]
     for form, res, jit, mm, data in variants:
         rate = step_rate(real if data == "real" else synthetic, form, res, jit, mm, args.steps)
         gf = rate * step_gflop(form, res)
@@ -160,7 +166,7 @@ def main(argv=None):
         print(f"| {form} | {'2 residual blocks x 256' if res else 'plain 2x256'} | {'yes' if jit else 'no'} | {mm} | "
               f"{data} | {rate:.1f} | {gf:.0f} | {gf / f32:.0%} |", flush=True)
     out["steps"] = rows
-    out["pieces"] = {} if args.paper_rows else {f"{'xla' if jit else 'graph'}_{mm}": pieces(jit, mm)
+    out["pieces"] = {} if args.paper_rows or args.paper_all else {f"{'xla' if jit else 'graph'}_{mm}": pieces(jit, mm)
                                                  for jit in (False, True) for mm in ("float32", "bfloat16")}
     for k, v in out["pieces"].items():
         print(f"pieces {k}: 10 conditioners fwd+bwd {v['conditioners_ms']:.1f} ms, 10 splines fwd+bwd "
