@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras  # Keras 2, the one TFP 0.25 is built on (flows.nn imports it too)
 
 from .base import Flow
 from .errors import NonFiniteError
@@ -351,51 +352,38 @@ def default_optimizer(config: TrainConfig, schedule=None):
     and global-norm gradient clipping at ``config.clip_norm`` (0: none): the NSF paper's recipe.  Keras 2's Adam,
     with each dense update as one fused kernel outside XLA (:func:`fused_adam`)."""
     if schedule is None:
-        schedule = _keras().optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.steps)
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.steps)
     return fused_adam(learning_rate=schedule, global_clipnorm=config.clip_norm or None)
 
 
-def _keras():
-    import tf_keras as keras  # Keras 2, the one TFP 0.25 is built on
+class FusedAdam(keras.optimizers.Adam):
+    """Keras 2's Adam whose dense updates, outside a training call that XLA compiles, run as TensorFlow's fused
+    ``ResourceApplyAdam`` kernel: the same formula as Keras' (``m += (g - m)(1 - b1)``, ``v += (g^2 - v)(1 - b2)``,
+    ``w -= m lr sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v) + eps)``) in one op per variable instead of about fifteen,
+    which is most of the optimizer's cost in a graph of small variables.  Under XLA (which fuses Keras' ops itself),
+    with several replicas, AMSGrad, adaptive epsilon, sparse gradients or hyper-parameters given as tensors: Keras'
+    own update.  Its variables are Keras Adam's, so checkpoints of either restore into the other."""
 
-    return keras
+    def update_step(self, gradient, variable):
+        if (in_xla_training() or self.amsgrad or self.adaptive_epsilon
+                or isinstance(gradient, tf.IndexedSlices)
+                or not all(isinstance(x, (int, float)) for x in (self.beta_1, self.beta_2, self.epsilon))
+                or tf.distribute.get_strategy().num_replicas_in_sync > 1):
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        index = self._index_dict[self._var_key(variable)]
+        return tf.raw_ops.ResourceApplyAdam(  # the powers as Keras rounds them (via float32), the rest exact
+            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
+            beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+            lr=tf.cast(self.learning_rate, dtype), beta1=tf.constant(self.beta_1, dtype),
+            beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype), grad=gradient)
 
 
-_FUSED_ADAM: list = []
-
-
-def fused_adam(**kwargs):
-    """Keras 2's ``Adam(**kwargs)`` whose dense updates, outside a training call that XLA compiles, run as
-    TensorFlow's fused ``ResourceApplyAdam`` kernel: the same formula as Keras' (``m += (g - m)(1 - b1)``,
-    ``v += (g^2 - v)(1 - b2)``, ``w -= m lr sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v) + eps)``) in one op per variable
-    instead of about fifteen, which is most of the optimizer's cost in a graph of small variables.  Under XLA
-    (which fuses Keras' ops itself), with several replicas, AMSGrad, adaptive epsilon, sparse gradients or
-    hyper-parameters given as tensors: Keras' own update.  Its variables are Keras Adam's, so checkpoints of either
-    restore into the other."""
-    if not _FUSED_ADAM:
-        keras = _keras()
-
-        class FusedAdam(keras.optimizers.Adam):
-            def update_step(self, gradient, variable):
-                if (in_xla_training() or self.amsgrad or self.adaptive_epsilon
-                        or isinstance(gradient, tf.IndexedSlices)
-                        or not all(isinstance(x, (int, float)) for x in (self.beta_1, self.beta_2, self.epsilon))
-                        or tf.distribute.get_strategy().num_replicas_in_sync > 1):
-                    return super().update_step(gradient, variable)
-                dtype = variable.dtype
-                step = tf.cast(self.iterations + 1, dtype)
-                index = self._index_dict[self._var_key(variable)]
-                return tf.raw_ops.ResourceApplyAdam(  # the powers as Keras rounds them (via float32), the rest exact
-                    var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
-                    beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
-                    beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
-                    lr=tf.cast(self.learning_rate, dtype), beta1=tf.constant(self.beta_1, dtype),
-                    beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype), grad=gradient)
-
-        FusedAdam.__name__ = FusedAdam.__qualname__ = "FusedAdam"
-        FusedAdam.__module__ = __name__
-        _FUSED_ADAM.append(FusedAdam)
-    return _FUSED_ADAM[0](**kwargs)
+def fused_adam(**kwargs) -> FusedAdam:
+    """``FusedAdam(**kwargs)``: Keras 2's Adam with fused dense updates outside XLA (see :class:`FusedAdam`)."""
+    return FusedAdam(**kwargs)
 
 
 class BatchSource:
@@ -609,7 +597,6 @@ def fit(
       call in bfloat16 (:func:`flows.nn.matmul_precision`; variables, densities, log-determinants and the loss stay
       float32).  Validation and the returned flow are float32.
     """
-    import tf_keras as keras
 
     strategy = strategy or tf.distribute.get_strategy()
     transform = transform or _identity_transform
