@@ -380,6 +380,12 @@ def machine_facts():
             "avx512_bf16": "avx512_bf16" in flags, "python": platform.python_version()}
 
 
+def cpu_tag(model: str) -> str:
+    """``epyc``, ``xeon`` or ``cpu``: the results file of a run is named after the CPU it ran on."""
+    low = model.lower()
+    return "epyc" if "epyc" in low else "xeon" if "xeon" in low else "cpu"
+
+
 def parent(args):
     for opt, path in (("--zuko-python", args.zuko_python), ("--flowjax-python", args.flowjax_python)):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -541,11 +547,13 @@ def main(argv=None):
     ap.add_argument("--zuko-python", default="/tmp/zukovenv/bin/python", help="interpreter with torch and zuko")
     ap.add_argument("--flowjax-python", default="/tmp/fjvenv/bin/python",
                     help="interpreter with jax, flowjax, equinox and optax")
-    ap.add_argument("--out-md", default=os.path.join(RESULTS, "peers.md"), help="markdown tables (default "
-                    "benchmarks/results/peers.md)")
-    ap.add_argument("--out-json", default=os.path.join(RESULTS, "peers.json"), help="raw numbers (default "
-                    "benchmarks/results/peers.json)")
+    ap.add_argument("--out-md", help="markdown tables (default benchmarks/results/peers_<cpu>.md, <cpu> = epyc, "
+                    "xeon or cpu from lscpu's model name)")
+    ap.add_argument("--out-json", help="raw numbers (default benchmarks/results/peers_<cpu>.json)")
     args = ap.parse_args(argv)
+    tag = cpu_tag(machine_facts()["cpu"])
+    args.out_md = args.out_md or os.path.join(RESULTS, f"peers_{tag}.md")
+    args.out_json = args.out_json or os.path.join(RESULTS, f"peers_{tag}.json")
     if args.warmup < 1 or args.steps < 1 or args.paper_steps < 1 or args.repeats < 1:
         raise SystemExit("--steps, --warmup, --paper-steps and --repeats must be >= 1")
     if args.backend == "parent":
