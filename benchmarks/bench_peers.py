@@ -551,12 +551,12 @@ def main(argv=None):
                     "xeon or cpu from lscpu's model name)")
     ap.add_argument("--out-json", help="raw numbers (default benchmarks/results/peers_<cpu>.json)")
     args = ap.parse_args(argv)
-    tag = cpu_tag(machine_facts()["cpu"])
-    args.out_md = args.out_md or os.path.join(RESULTS, f"peers_{tag}.md")
-    args.out_json = args.out_json or os.path.join(RESULTS, f"peers_{tag}.json")
     if args.warmup < 1 or args.steps < 1 or args.paper_steps < 1 or args.repeats < 1:
         raise SystemExit("--steps, --warmup, --paper-steps and --repeats must be >= 1")
     if args.backend == "parent":
+        tag = cpu_tag(machine_facts()["cpu"])
+        args.out_md = args.out_md or os.path.join(RESULTS, f"peers_{tag}.md")
+        args.out_json = args.out_json or os.path.join(RESULTS, f"peers_{tag}.json")
         parent(args)
         return
     args.threads = int(args.threads)  # a child runs at one thread count
