@@ -401,6 +401,9 @@ def parent(args):
     started = datetime.datetime.now().astimezone()
     facts = {**machine_facts(), "date": started.isoformat(timespec="seconds"),
              "load_start": [round(x, 2) for x in os.getloadavg()]}
+    tag = cpu_tag(facts["cpu"])  # the default results files are named after the CPU
+    args.out_md = args.out_md or os.path.join(RESULTS, f"peers_{tag}.md")
+    args.out_json = args.out_json or os.path.join(RESULTS, f"peers_{tag}.json")
     command = shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(os.path.abspath(ROOT))
                           else sys.executable, os.path.relpath(os.path.abspath(__file__), os.path.abspath(ROOT)),
                           *sys.argv[1:]])
@@ -554,9 +557,6 @@ def main(argv=None):
     if args.warmup < 1 or args.steps < 1 or args.paper_steps < 1 or args.repeats < 1:
         raise SystemExit("--steps, --warmup, --paper-steps and --repeats must be >= 1")
     if args.backend == "parent":
-        tag = cpu_tag(machine_facts()["cpu"])
-        args.out_md = args.out_md or os.path.join(RESULTS, f"peers_{tag}.md")
-        args.out_json = args.out_json or os.path.join(RESULTS, f"peers_{tag}.json")
         parent(args)
         return
     args.threads = int(args.threads)  # a child runs at one thread count
