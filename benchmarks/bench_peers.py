@@ -44,8 +44,9 @@ each in a child process pinned to the first 1 or 2 of the cores the script may u
 
 * ours: a child of this interpreter (TensorFlow's thread pools are fixed once created), timed through
   :func:`flows.training.fit` itself (validation on 512 rows at the end of the warm-up and at the end; steps/s
-  between the two marks; up to 32 steps per compiled call) with and without XLA (``TrainConfig.jit_compile``);
-  intra- and inter-op threads set with ``tf.config.threading``;
+  between the two marks; up to 32 steps per compiled call) with and without XLA (``TrainConfig.jit_compile``),
+  and for the paper row also with ``TrainConfig.matmul_dtype="bfloat16"`` outside XLA (the column "ours bf16
+  products"; "ours best" is float32's); intra- and inter-op threads set with ``tf.config.threading``;
 * zuko: as ``bench_zuko.py`` (``torch.set_num_threads``, fused Adam, ``CosineAnnealingLR``, ``clip_grad_norm_``);
 * flowjax: an ``optax.chain(clip_by_global_norm(5), adam(cosine_decay_schedule(1e-3, steps)))`` loop written with
   ``equinox.filter_jit`` / ``filter_value_and_grad`` over ``dist.log_prob`` (not ``fit_to_data``), timed two
@@ -55,8 +56,9 @@ each in a child process pinned to the first 1 or 2 of the cores the script may u
 
 Flow by flow the sides alternate (ours, flowjax, zuko), ``--repeats`` times; every cell keeps its best rate, so a
 burst of load from other processes penalises no side systematically.  Before the flows, TensorFlow's own matmul
-ceiling on this CPU: a tf.function chain of 20 products [512, 256] @ [256, 256] in float32 and bfloat16, GFLOP/s
-at each thread count; the paper row also gets "ours GFLOP/s / float32 ceiling".
+ceiling on this CPU: a chain of 20 products [512, 256] @ [256, 256], GFLOP/s at each thread count, in float32 as a
+tf.function (oneDNN) and under XLA (Eigen; the float32 ceiling is the better of the two), and in bfloat16 as a
+tf.function; the paper row also gets its GFLOP/s against the float32 and the bfloat16 ceilings.
 
 Output: markdown (printed and written to ``--out-md``, with the command, CPU model, AMX / AVX512-BF16 flags, date and
 load average) and the raw numbers as JSON (``--out-json``).
@@ -131,7 +133,8 @@ def tf_child(args):
 
     versions = {"tensorflow": tf.__version__, "tensorflow_probability": tfp.__version__}
     if args.task == "ceiling":
-        _emit({"versions": versions, **{dt: tf_ceiling(tf, dt) for dt in ("float32", "bfloat16")}})
+        _emit({"versions": versions, **{dt: tf_ceiling(tf, dt) for dt in ("float32", "bfloat16")},
+               "float32_xla": tf_ceiling(tf, "float32", jit=True)})
         return
     sys.path.insert(0, ROOT)
     import flows
@@ -140,8 +143,10 @@ def tf_child(args):
     train, val = _data()
     steps = args.paper_steps if args.flow == "nsf_ar_paper" else args.steps
     out = {"versions": versions}
-    for jit in (False, True):
-        key = "xla" if jit else "tf_function"
+    runs = [("tf_function", False, "float32"), ("xla", True, "float32")]
+    if args.flow == "nsf_ar_paper":  # the bfloat16 lever (TrainConfig.matmul_dtype), outside XLA: XLA has no AMX path
+        runs.append(("bf16", False, "bfloat16"))
+    for key, jit, mm in runs:
         try:
             set_seed(0)
             if args.flow == "nsf_ar_paper":
@@ -151,23 +156,25 @@ def tf_child(args):
             else:
                 flow = our_flow(args.flow, train.shape[1], LAYERS, HIDDEN)
             cfg = TrainConfig(steps=args.warmup + steps, batch_size=args.batch, learning_rate=1e-3,
-                              eval_every=args.warmup, clip_norm=5.0, max_val=512, jit_compile=jit, seed=0)
+                              eval_every=args.warmup, clip_norm=5.0, max_val=512, jit_compile=jit, seed=0,
+                              matmul_dtype=mm)
             h = fit(flow, train, val, cfg, log=lambda s: None)
             out[key] = (h.step[-1] - h.step[0]) / (h.seconds[-1] - h.seconds[0])
         except Exception as e:  # e.g. an op without an XLA kernel: report it, keep going
             out[key] = f"failed: {type(e).__name__}"
-            print(f"ours {args.flow} jit={jit}: {str(e).splitlines()[0][:300] if str(e) else e!r}", file=sys.stderr)
+            print(f"ours {args.flow} {key}: {str(e).splitlines()[0][:300] if str(e) else e!r}", file=sys.stderr)
     _emit(out)
 
 
-def tf_ceiling(tf, dtype, seconds=1.0, chunks=3):
-    """GFLOP/s of a tf.function chain of CEIL_CHAIN products [M, K] @ [K, K] (best of ``chunks`` timed chunks)."""
+def tf_ceiling(tf, dtype, seconds=1.0, chunks=3, jit=False):
+    """GFLOP/s of a tf.function chain of CEIL_CHAIN products [M, K] @ [K, K] (best of ``chunks`` timed chunks);
+    ``jit``: compiled by XLA (whose CPU dots are Eigen's, not oneDNN's: faster with 2 threads on some CPUs)."""
     dt = tf.as_dtype(dtype)
     g = tf.random.Generator.from_seed(0)
     x = tf.cast(g.normal([CEIL_M, CEIL_K]), dt)
     w = tf.cast(g.normal([CEIL_K, CEIL_K]) / math.sqrt(CEIL_K), dt)  # keeps the chain's scale about constant
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def chain(x, w):
         for _ in range(CEIL_CHAIN):
             x = tf.matmul(x, w)
@@ -416,7 +423,7 @@ def parent(args):
         ceiling[t] = r
         print(f"matmul ceiling, {t} threads: {r}", file=sys.stderr, flush=True)
 
-    cells = {(n, t): {"tf_function": None, "xla": None, "fj_step": None, "fj_scan": None, "zuko": None}
+    cells = {(n, t): {"tf_function": None, "xla": None, "bf16": None, "fj_step": None, "fj_scan": None, "zuko": None}
              for n in names for t in threads}
     for rep in range(args.repeats):
         for t in threads:
@@ -424,8 +431,9 @@ def parent(args):
                 c = cells[name, t]
                 r = run_child(args, sys.executable, "tf", t, flow=name)
                 versions.update(r.pop("versions", {}))
-                for k in ("tf_function", "xla"):
-                    c[k] = _better(c[k], r.get(k, r.get("error")))
+                for k in ("tf_function", "xla", "bf16"):
+                    if k != "bf16" or name == "nsf_ar_paper":
+                        c[k] = _better(c[k], r.get(k, r.get("error")))
                 r = run_child(args, args.flowjax_python, "flowjax", t, flow=name)
                 versions.update(r.pop("versions", {}))
                 c["fj_step"] = _better(c["fj_step"], r.get("step", r.get("error")))
@@ -483,15 +491,17 @@ def render(args, command, facts, versions, ceiling, cells, names, threads):
         f"{facts['load_end']}; {facts['seconds']} s in all  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
         "",
-        f"## TensorFlow's matmul ceiling (a tf.function chain of {CEIL_CHAIN} products [{CEIL_M}, {CEIL_K}] @ "
-        f"[{CEIL_K}, {CEIL_K}], GFLOP/s)",
+        f"## TensorFlow's matmul ceiling (a chain of {CEIL_CHAIN} products [{CEIL_M}, {CEIL_K}] @ [{CEIL_K}, {CEIL_K}], "
+        "GFLOP/s; float32 as a tf.function (oneDNN) and under XLA (Eigen), bfloat16 as a tf.function; the float32 "
+        "ceiling below is the better of the two)",
         "",
-        "| threads | float32 | bfloat16 |",
-        "|---|---|---|",
+        "| threads | float32, tf.function | float32, XLA | bfloat16, tf.function |",
+        "|---|---|---|---|",
     ]
     for t in threads:
         c = ceiling[t]
-        lines.append(f"| {t} | {_fmt(c.get('float32', c.get('error')))} | {_fmt(c.get('bfloat16', c.get('error')))} |")
+        lines.append(f"| {t} | " + " | ".join(_fmt(c.get(k, c.get("error")))
+                                             for k in ("float32", "float32_xla", "bfloat16")) + " |")
     lines += [
         "",
         f"## Training steps/s (best of {args.repeats}; each side alone, pinned to the first `threads` cores)",
@@ -500,11 +510,13 @@ def render(args, command, facts, versions, ceiling, cells, names, threads):
         f"[-5, 5], {args.steps} timed steps after {args.warmup}; nsf_ar_paper: {PAPER['layers']} transforms, "
         f"{PAPER['blocks']} residual blocks of {PAPER['width']} (flowjax: 5 hidden layers of 256), 8 bins on "
         f"[-3, 3], {args.paper_steps} timed steps after {args.warmup}. flowjax: jit step / {SCAN}-step scan per "
-        "call. '-': the peer has no such flow.",
+        "call. '-': the peer has no such flow. Ours in float32 (tf.function, XLA) and, for nsf_ar_paper, with "
+        "`TrainConfig(matmul_dtype='bfloat16')` outside XLA (the hidden products in bfloat16; 'ours best' is the "
+        "float32 best).",
         "",
-        "| flow | threads | ours (tf.function) | ours (XLA) | ours best | flowjax jit/scan | zuko | "
-        "ours best / flowjax best | ours best / zuko |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| flow | threads | ours (tf.function) | ours (XLA) | ours best | ours bf16 products | flowjax jit/scan | "
+        "zuko | ours best / flowjax best | ours best / zuko |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
         for t in threads:
@@ -512,8 +524,9 @@ def render(args, command, facts, versions, ceiling, cells, names, threads):
             ours, fj = _best(c["tf_function"], c["xla"]), _best(c["fj_step"], c["fj_scan"])
             fj_cell = "-" if c["fj_step"] is None and c["fj_scan"] is None else \
                 f"{_fmt(c['fj_step'])} / {_fmt(c['fj_scan'])}"
-            lines.append(f"| {n} | {t} | {_fmt(c['tf_function'])} | {_fmt(c['xla'])} | {_fmt(ours)} | {fj_cell} | "
-                         f"{_fmt(c['zuko'])} | {_ratio(ours, fj)} | {_ratio(ours, c['zuko'])} |")
+            lines.append(f"| {n} | {t} | {_fmt(c['tf_function'])} | {_fmt(c['xla'])} | {_fmt(ours)} | "
+                         f"{_fmt(c.get('bf16'))} | {fj_cell} | {_fmt(c['zuko'])} | {_ratio(ours, fj)} | "
+                         f"{_ratio(ours, c['zuko'])} |")
     if "nsf_ar_paper" in names:
         g = {s: paper_gflop(s, batch=args.batch) for s in ("ours", "zuko", "flowjax")}
         lines += [
@@ -521,16 +534,20 @@ def render(args, command, facts, versions, ceiling, cells, names, threads):
             f"## nsf_ar_paper: matmul GFLOP/s (2 x batch x sum(fan_in x fan_out) x 3 per step: ours "
             f"{g['ours']:.2f}, zuko {g['zuko']:.2f}, flowjax {g['flowjax']:.2f} GFLOP)",
             "",
-            "| threads | ours best | flowjax best | zuko | ours / float32 ceiling |",
-            "|---|---|---|---|---|",
+            "| threads | ours best (float32) | ours bf16 products | flowjax best | zuko | ours float32 / float32 "
+            "ceiling | ours bf16 / bfloat16 ceiling | ours bf16 / flowjax best |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for t in threads:
             c = cells["nsf_ar_paper", t]
             ours, fj = _best(c["tf_function"], c["xla"]), _best(c["fj_step"], c["fj_scan"])
             o = ours * g["ours"] if _num(ours) else None
+            b = c.get("bf16") * g["ours"] if _num(c.get("bf16")) else None
             z = c["zuko"] * g["zuko"] if _num(c["zuko"]) else None
             f = fj * g["flowjax"] if _num(fj) else None
-            lines.append(f"| {t} | {_fmt(o)} | {_fmt(f)} | {_fmt(z)} | {_ratio(o, ceiling[t].get('float32'))} |")
+            ceil32 = _best(ceiling[t].get("float32"), ceiling[t].get("float32_xla"))
+            lines.append(f"| {t} | {_fmt(o)} | {_fmt(b)} | {_fmt(f)} | {_fmt(z)} | {_ratio(o, ceil32)} | "
+                         f"{_ratio(b, ceiling[t].get('bfloat16'))} | {_ratio(c.get('bf16'), fj)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -38,11 +38,22 @@ def kernel_kind(name: str) -> str:
     return re.sub(r"([._]\d+)+$", "", name)
 
 
+def op_type(name: str) -> str:
+    """A TensorFlow op event's type: ``scope/name:Type`` -> ``Type``; else the last path element, unnumbered."""
+    if ":" in name:
+        return name.rsplit(":", 1)[1]
+    return kernel_kind(name.rsplit("/", 1)[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("flow", choices=["maf", "realnvp", "nsf_c", "nsf_ar", "glow", "nsf_ar_paper", "nsf_c_paper"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--top", type=int, default=20, help="kernel kinds to print")
+    ap.add_argument("--top", type=int, default=20, help="kernel kinds (op types) to print")
+    ap.add_argument("--no-xla", dest="xla", action="store_false",
+                    help="profile the plain tf.function call instead (TensorFlow ops, summed by op type)")
+    ap.add_argument("--matmul-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="TrainConfig.matmul_dtype of the call (bfloat16: the conditioners' hidden products)")
     args = ap.parse_args(argv)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_xprof_traceme" not in flags:
@@ -58,7 +69,7 @@ def main(argv=None):
     sys.path.insert(0, ROOT)
     import tf_keras as keras
 
-    from flows.training import TrainCall, set_seed
+    from flows.training import TrainCall, fused_adam, set_seed
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     set_seed(0)
@@ -74,13 +85,19 @@ def main(argv=None):
     per_call, batch = 32, 512
     batches = np.stack([train[i * batch:(i + 1) * batch] for i in range(per_call)]).astype(np.float32)
     flow.initialize(tf.constant(batches[0]))
-    opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, 10_000), global_clipnorm=5.0)
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, 10_000)
+    opt = (keras.optimizers.Adam(schedule, global_clipnorm=5.0) if args.xla
+           else fused_adam(learning_rate=schedule, global_clipnorm=5.0))  # the optimizers fit uses in each mode
     call = TrainCall(flow, opt, lambda b, s: (b, tf.zeros([], b.dtype)), tf.distribute.get_strategy(), batch,
-                     per_call, jit=True)
+                     per_call, jit=args.xla, matmul_dtype=args.matmul_dtype)
     call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)
     best = min(_timed(call, batches, per_call) for _ in range(5))
-    print(f"{args.flow}: {best * 1e3:.3f} ms/step ({1 / best:.0f} steps/s) without the profiler, {args.threads} "
-          f"thread(s)")
+    mode = ("XLA" if args.xla else "tf.function") + f", {args.matmul_dtype} products"
+    print(f"{args.flow} ({mode}): {best * 1e3:.3f} ms/step ({1 / best:.1f} steps/s) without the profiler, "
+          f"{args.threads} thread(s)")
+    if not args.xla:  # TensorFlow 2.21's profiler records no per-op events for a function's executor on CPU
+        print("(no per-kernel table outside XLA: the profiler records the function's executor, not its ops)")
+        return
     calls = 3
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
