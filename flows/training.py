@@ -62,10 +62,11 @@ def set_seed(seed: int):
 
 
 #: accepted values of TrainConfig.matmul_dtype
-MATMUL_DTYPES = ("float32", "bfloat16")
+MATMUL_DTYPES = ("float32", "bfloat16", "auto")
 #: accepted values of TrainConfig.jit_compile
 JIT_CHOICES = (False, True, "auto")
-#: "auto" picks XLA only when its median call time is below this fraction of the other's (near ties stay off)
+#: "auto" (jit_compile or matmul_dtype) moves to XLA, or to bfloat16 products, only when its median call time is
+#: below this fraction of the setting it would replace (near ties keep the plain float32 graph)
 JIT_AUTO_MARGIN = 0.9
 
 
@@ -103,9 +104,10 @@ class TrainConfig:
     #: dynamic loss scaling for float16 compute; see fit's docstring
     mixed_precision: bool = False
     #: the conditioners' hidden matrix products in the training call (flows.nn.matmul_precision); bfloat16 pays
-    #: only without XLA on a CPU with AMX (benchmarks/results/nsf_speed.md), so the default stays float32
-    matmul_dtype: str = field(default="float32", metadata=_opt(choices=MATMUL_DTYPES,
-                                                               doc="bfloat16: conditioners' products, training only"))
+    #: only without XLA, on CPUs with AVX512_BF16 or AMX (benchmarks/results/nsf_speed.md); "auto": measured at the
+    #: start of fit together with jit_compile (bfloat16 only when clearly faster), see :func:`pick_jit`
+    matmul_dtype: str = field(default="float32", metadata=_opt(
+        choices=MATMUL_DTYPES, doc="bfloat16: conditioners' products, training only; auto: measured"))
     #: the caller enables tf.config.experimental.enable_op_determinism() (process-wide) before training
     deterministic: bool = False
     #: images only: the dequantised pixels x in [0, 1] are modelled as logit(alpha + (1 - 2 alpha) x)
@@ -143,6 +145,7 @@ class History:
     checkpoint: str = ""  # the last checkpoint written (empty without a checkpoint directory)
     jit_compile: bool | None = None  # XLA or not, as run (config.jit_compile "auto" resolved by pick_jit)
     jit_timing: dict = field(default_factory=dict)  # pick_jit's measurement: median seconds per step each way
+    matmul_dtype: str | None = None  # the conditioners' products as run (config.matmul_dtype "auto" resolved)
 
     def rows(self):
         for i in range(len(self.step)):
@@ -595,7 +598,9 @@ def fit(
       ``jit_timing`` say what was run and why, and a resumed run keeps its first process's choice).
     * ``config.matmul_dtype``: ``"bfloat16"`` runs the conditioner networks' hidden matrix products of the training
       call in bfloat16 (:func:`flows.nn.matmul_precision`; variables, densities, log-determinants and the loss stay
-      float32).  Validation and the returned flow are float32.
+      float32).  Validation and the returned flow are float32.  ``"auto"`` measures float32 and bfloat16 products
+      (with each ``jit_compile`` candidate) on the run's first steps, like ``jit_compile: "auto"``, and keeps
+      bfloat16 only when clearly faster (``History.matmul_dtype``; a resumed run keeps its first process's choice).
     """
 
     strategy = strategy or tf.distribute.get_strategy()
@@ -623,22 +628,23 @@ def fit(
         log(f"resumed from {ckpt.latest} at step {state.step}/{config.steps}")
     clock, last_log = _Clock(state.elapsed), (state.elapsed, state.step)  # pick_jit's measurement counts too
 
-    def make_call(jit):
+    def make_call(jit, matmul_dtype):
         return TrainCall(flow, optimizer, transform, strategy, batch_size, per_call, jit, config.mixed_precision,
-                         config.matmul_dtype)
+                         matmul_dtype)
 
-    if config.jit_compile != "auto":
-        state.history.jit_compile = bool(config.jit_compile)
-        step_fn = make_call(state.history.jit_compile)
-    elif state.history.jit_compile is not None:  # a resumed run keeps the choice its first process measured
-        step_fn = make_call(state.history.jit_compile)
+    # a setting that is not "auto" is taken as set; an "auto" one as the run's first process measured it (a resumed
+    # run keeps that choice; one begun before matmul_dtype had "auto" ran float32 products)
+    h, resumed = state.history, state.history.jit_compile is not None
+    auto = [key for key in ("jit_compile", "matmul_dtype") if getattr(config, key) == "auto"]
+    h.jit_compile = h.jit_compile if "jit_compile" in auto else bool(config.jit_compile)
+    h.matmul_dtype = ((h.matmul_dtype or ("float32" if resumed else None)) if "matmul_dtype" in auto
+                      else config.matmul_dtype)
+    if h.jit_compile is not None and h.matmul_dtype is not None:
+        step_fn = make_call(h.jit_compile, h.matmul_dtype)
     else:
-        step_fn, state.history.jit_timing = pick_jit(make_call, batches, state.step + 1, config, strategy,
-                                                     flow, optimizer)
-        state.history.jit_compile = step_fn.jit
-        t = state.history.jit_timing
-        log(f"jit_compile auto: {'XLA' if step_fn.jit else 'no XLA'} ({1e3 * t.get('xla', math.nan):.2f} ms/step "
-            f"with XLA, {1e3 * t.get('graph', math.nan):.2f} without)")
+        step_fn, h.jit_timing = pick_jit(make_call, batches, state.step + 1, config, strategy, flow, optimizer)
+        h.jit_compile, h.matmul_dtype = step_fn.jit, step_fn.matmul_dtype
+        log(_auto_line(auto, step_fn, h.jit_timing))
     while not state.finished and state.step < config.steps:
         start, last = state.step + 1, _call_end(state.step + 1, per_call, config)
         for step, loss in enumerate(step_fn(batches.fill(start, last - start + 1), last - start + 1, config.seed,
@@ -669,25 +675,39 @@ def fit(
     return state.history
 
 
+#: the candidates of pick_jit in order of preference: (timing key, XLA, matmul dtype); a later one replaces the
+#: current choice only when clearly faster (JIT_AUTO_MARGIN)
+AUTO_CANDIDATES = (("graph", False, "float32"), ("xla", True, "float32"), ("graph_bfloat16", False, "bfloat16"),
+                   ("xla_bfloat16", True, "bfloat16"))
+
+
 def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, strategy, flow: Flow, optimizer,
              rounds: int = 3):
-    """``jit_compile: "auto"``: the faster training call on this machine, measured, and the measurement.
+    """``jit_compile: "auto"`` and/or ``matmul_dtype: "auto"``: the fastest training call on this machine, measured,
+    and the measurement.
 
-    Both calls (``make_call(False)``, ``make_call(True)``) run the run's own next ``per_call`` steps: one call each
-    to compile, then ``rounds`` timed calls each, alternating so that a change in the machine's load hits both.  XLA
-    wins only when its median is below :data:`JIT_AUTO_MARGIN` times the other's, so near ties (where the choice
-    could flip from run to run) stay off.  Every variable of the flow and the optimizer is put back afterwards, so
-    the run then trains exactly as it would have with the chosen setting from the start.  With several replicas
-    (where XLA would compile only the loss-and-gradient function) nothing is measured: XLA stays off.
+    The candidates are every combination of XLA (both ways where ``jit_compile`` is ``"auto"``, else as set) and
+    of the products' dtype (float32 and bfloat16 where ``matmul_dtype`` is ``"auto"``, else as set), built by
+    ``make_call(jit, matmul_dtype)``.  Each runs the run's own next ``per_call`` steps: one call each to compile,
+    then ``rounds`` timed calls each, alternating so that a change in the machine's load hits all.  Taken in the
+    order of :data:`AUTO_CANDIDATES` (plain graph, XLA, then bfloat16 products without and with XLA), a candidate
+    replaces the choice so far only when its median is below :data:`JIT_AUTO_MARGIN` times the choice's, so near
+    ties (where the choice could flip from run to run) keep the plainer, float32 setting.  Every variable of the
+    flow and the optimizer is put back afterwards, so the run then trains exactly as it would have with the chosen
+    setting from the start.  With several replicas (where XLA would compile only the loss-and-gradient function)
+    nothing is measured: XLA stays off (unless set) and products stay float32 (unless set).
 
-    Returns (the chosen :class:`TrainCall`, {"graph": s/step, "xla": s/step, "margin": JIT_AUTO_MARGIN})."""
+    Returns (the chosen :class:`TrainCall`, {candidate key: s/step, ..., "margin": JIT_AUTO_MARGIN}); the keys are
+    those of :data:`AUTO_CANDIDATES` (``"graph"`` and ``"xla"``: float32 products)."""
+    jits = (False, True) if config.jit_compile == "auto" else (bool(config.jit_compile),)
+    dtypes = ("float32", "bfloat16") if config.matmul_dtype == "auto" else (config.matmul_dtype,)
     if strategy.num_replicas_in_sync > 1:
-        return make_call(False), {}
+        return make_call(jits[0], dtypes[0]), {}
     variables = list(flow.variables) + list(optimizer.variables)
     saved = [v.numpy() for v in variables]
     count = min(batches.buffer.shape[0], config.steps)
     data = batches.fill(first, count)
-    calls = {"graph": make_call(False), "xla": make_call(True)}
+    calls = {key: make_call(jit, dtype) for key, jit, dtype in AUTO_CANDIDATES if jit in jits and dtype in dtypes}
     times = {name: [] for name in calls}
     try:
         for name, call in calls.items():  # compile (and a first run)
@@ -701,8 +721,26 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
         for v, value in zip(variables, saved):
             v.assign(value)
     timing = {name: float(np.median(t)) for name, t in times.items()}
-    xla = timing["xla"] < JIT_AUTO_MARGIN * timing["graph"]
-    return calls["xla" if xla else "graph"], {**timing, "margin": JIT_AUTO_MARGIN}
+    chosen = next(iter(calls))
+    for name in calls:
+        if timing[name] < JIT_AUTO_MARGIN * timing[chosen]:
+            chosen = name
+    return calls[chosen], {**timing, "margin": JIT_AUTO_MARGIN}
+
+
+def _auto_line(auto: list, call: "TrainCall", timing: dict) -> str:
+    """The progress line of :func:`pick_jit`'s choice: what was "auto", what it picked, each candidate's ms/step."""
+    picked = []
+    if "jit_compile" in auto:
+        picked.append("XLA" if call.jit else "no XLA")
+    if "matmul_dtype" in auto:
+        picked.append(f"{call.matmul_dtype} products")
+    names = {"graph": "without XLA", "xla": "with XLA", "graph_bfloat16": "bfloat16 without XLA",
+             "xla_bfloat16": "bfloat16 with XLA"}
+    if "matmul_dtype" in auto:
+        names.update(graph="float32 without XLA", xla="float32 with XLA")
+    measured = ", ".join(f"{1e3 * v:.2f} ms/step {names[k]}" for k, v in timing.items() if k in names)
+    return f"{' and '.join(auto)} auto: {', '.join(picked)} ({measured or 'not measured: several replicas'})"
 
 
 class _Clock:

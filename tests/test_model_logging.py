@@ -166,15 +166,17 @@ def test_training_runs_log_system_metrics_and_keep_timing_out_of_the_metrics(rep
     assert "train_seconds" not in train and timing["train_seconds"] > 0
     # jit_compile as run: maf's is set (true), planar's "auto" was measured, and both say what ran
     assert timing["jit_compile"] is True and not any(k.startswith("jit_auto") for k in timing)
+    assert timing["matmul_dtype"] == "float32"  # as set (params.yaml leaves it at float32)
     auto = json.loads((repo / "metrics" / "timing" / "planar-moons.json").read_text())
     assert isinstance(auto["jit_compile"], bool)
     assert auto["jit_auto_xla_ms_per_step"] > 0 and auto["jit_auto_graph_ms_per_step"] > 0
     con = sqlite3.connect(repo / "mlflow.db")
     try:
         logged = {v for (v,) in con.execute("select value from params where key = 'jit_compile_as_run'")}
+        dtypes = {v for (v,) in con.execute("select value from params where key = 'matmul_dtype_as_run'")}
     finally:
         con.close()
-    assert logged == {"True", str(auto["jit_compile"])}
+    assert logged == {"True", str(auto["jit_compile"])} and dtypes == {"float32"}
     assert "train_seconds" not in json.loads((repo / "metrics" / "eval" / "maf-moons.json").read_text())
     assert "train s" in (repo / "metrics" / "results.md").read_text()
 

@@ -170,6 +170,80 @@ def test_jit_auto_choice_survives_a_resume(monkeypatch, tmp_path):
     assert not any(line.startswith("jit_compile auto") for line in lines)
 
 
+@pytest.mark.parametrize("jit, margin, expected", [(False, 1e9, (False, "bfloat16")), (False, 0.0, (False, "float32")),
+                                                    ("auto", 1e9, (True, "bfloat16")), ("auto", 0.0, (False, "float32"))])
+def test_matmul_dtype_auto_trains_exactly_as_the_setting_it_picks(monkeypatch, jit, margin, expected):
+    """matmul_dtype "auto" times float32 and bfloat16 products (with every jit_compile candidate) on the run's first
+    steps, puts every variable back and then trains bit for bit as the chosen setting would from the start; a
+    candidate later in AUTO_CANDIDATES wins only under the margin (0: never, so float32 without XLA; huge: always)."""
+    import flows.training as training
+
+    monkeypatch.setattr(training, "JIT_AUTO_MARGIN", margin)
+    data = np.random.default_rng(3).normal(size=(1500, 4)).astype(np.float32)
+    runs = {}
+    for key, (j, dtype) in {"auto": (jit, "auto"), "chosen": expected}.items():
+        set_seed(4)
+        flow = flows.build_flow("nsf", [4], form="autoregressive", num_layers=2, hidden_units=[16, 16])
+        lines = []
+        h = fit(flow, data[:1000], data[1000:], TrainConfig(steps=24, eval_every=12, batch_size=64, steps_per_call=6,
+                                                            jit_compile=j, matmul_dtype=dtype), log=lines.append)
+        runs[key] = (h, _weights(flow), lines)
+    auto, chosen = runs["auto"], runs["chosen"]
+    assert (auto[0].jit_compile, auto[0].matmul_dtype) == expected == (chosen[0].jit_compile, chosen[0].matmul_dtype)
+    assert auto[1] == chosen[1] and auto[0].val_loss == chosen[0].val_loss
+    keys = {"graph", "graph_bfloat16"} | ({"xla", "xla_bfloat16"} if jit == "auto" else set())
+    assert set(auto[0].jit_timing) == keys | {"margin"} and all(auto[0].jit_timing[k] > 0 for k in keys)
+    assert not chosen[0].jit_timing and not any("auto:" in line for line in chosen[2])
+    what = "jit_compile and matmul_dtype auto" if jit == "auto" else "matmul_dtype auto"
+    picked = ("XLA, " if expected[0] else "no XLA, ") * (jit == "auto") + f"{expected[1]} products"
+    assert auto[2][0].startswith(f"{what}: {picked} (") and "ms/step bfloat16 without XLA" in auto[2][0]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(step):
+    def on_eval(s, train_loss, val_loss):
+        if s == step:
+            raise _Stop(s)
+    return on_eval
+
+
+def test_matmul_dtype_auto_choice_survives_a_resume(monkeypatch, tmp_path):
+    """A run stopped after its checkpoint at step 6 and resumed keeps the choice its first process measured; a
+    setting that is not "auto" is taken as set, whatever the first process ran."""
+    import flows.training as training
+
+    data = np.random.default_rng(3).normal(size=(1500, 4)).astype(np.float32)
+    config = TrainConfig(steps=24, eval_every=6, batch_size=64, steps_per_call=6, matmul_dtype="auto")
+
+    def build():
+        return flows.build_flow("nsf", [4], form="autoregressive", num_layers=1, hidden_units=[16])
+
+    for name, resumed_with in (("auto", "auto"), ("set", "float32")):
+        monkeypatch.setattr(training, "JIT_AUTO_MARGIN", 1e9)  # bfloat16
+        lines = []
+        with pytest.raises(_Stop):
+            fit(build(), data[:1000], data[1000:], config, log=lines.append, on_eval=_stop_at(12),
+                checkpoint_dir=tmp_path / name)
+        assert lines[0].startswith("matmul_dtype auto: bfloat16 products (")
+        monkeypatch.setattr(training, "JIT_AUTO_MARGIN", 0.0)  # would pick float32 if it measured again
+        lines = []
+        again = fit(build(), data[:1000], data[1000:], dataclasses_replace(config, matmul_dtype=resumed_with),
+                    log=lines.append, checkpoint_dir=tmp_path / name)
+        assert again.resumed_from == 6 and again.steps_done == 24 and again.jit_compile is False
+        assert again.matmul_dtype == ("bfloat16" if resumed_with == "auto" else "float32")
+        assert not any("auto:" in line for line in lines)
+
+
+def test_matmul_dtype_accepts_float32_bfloat16_and_auto_only():
+    with pytest.raises(flows.OptionsError) as info:
+        TrainConfig.from_options({"matmul_dtype": "float16"})
+    assert "matmul_dtype" in str(info.value) and "accepted: float32, bfloat16, auto" in str(info.value)
+    assert TrainConfig.from_options({"matmul_dtype": "auto"}).matmul_dtype == "auto"
+
+
 def test_jit_compile_accepts_true_false_and_auto_only():
     with pytest.raises(flows.OptionsError) as info:
         TrainConfig.from_options({"jit_compile": "yes"})
