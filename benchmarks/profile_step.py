@@ -4,13 +4,16 @@ call, XLA's own per-kernel events (``--xla_cpu_enable_xprof_traceme``), summed b
     python benchmarks/profile_step.py nsf_c                 # the bench_peers.py shape: POWER D = 6, 5 x (2 x 64)
     python benchmarks/profile_step.py maf --top 30 --threads 1
     python benchmarks/profile_step.py nsf_ar_paper          # the NSF paper's RQ-NSF for POWER (bench_nsf.hparams)
+    python benchmarks/profile_step.py nsf_ar_paper --no-xla --matmul-dtype bfloat16   # ms/step only (see below)
 
 What runs: :class:`flows.training.TrainCall` (the call ``fit`` compiles: 32 steps in one ``tf.while_loop``, Adam
 with cosine decay, clipping at 5) on 32 batches of 512 real POWER rows, with ``jit_compile=True``, after two untimed
 calls; then three profiled calls.  Printed: ms/step without the profiler (best of 5 calls), and the XLA kernels
 (fusions, dots, reduce-windows, ...) summed by kind over the profiled calls, in us per step (the profiler's own
 overhead inflates them: read them as shares).  Kernel names are XLA's: ``MatMul`` = dots, ``*_fusion`` = fused
-elementwise loops named after their root ops, ``wrapped_reduce-window`` = cumulative sums.
+elementwise loops named after their root ops, ``wrapped_reduce-window`` = cumulative sums.  ``--no-xla`` times the
+plain graph call (with ``fit``'s fused Adam) and stops there: TensorFlow 2.21's profiler records the function's
+executor but not its ops on this CPU build, so there is no per-op table outside XLA.
 
 Findings this script produced are in ``results/nsf_speed.md`` ("Small flows").
 """

@@ -1,0 +1,89 @@
+"""The paper-scale RQ-NSF training step, an older tree against this one, alternating, each row in a fresh process.
+
+    git worktree add /tmp/base a1c2c85          # issue 13's baseline tree
+    python benchmarks/paper_before_after.py --old /tmp/base --rounds 2 --threads 1 --json /tmp/ba.jsonl
+
+Rows, per form (autoregressive, coupling) and round: the old tree with the paper pipeline's former setting (XLA,
+float32 products), this tree the same way, this tree with bfloat16 products without XLA, and this tree with
+``jit_compile`` and ``matmul_dtype`` "auto" (params-paper.yaml's NSF rows: the row's own choice is printed).  Each
+row builds params-paper.yaml's model (``bench_nsf.hparams``: 10 transforms, 2 residual blocks of 256, 8 bins on
+[-3, 3], LU linear layers) with the tree's ``flows`` and trains it through ``fit`` on the real POWER rows (batch 512,
+32 steps per compiled call); steps/s between the validations at step ``--warmup`` and ``--warmup + --steps``, so
+compilation, and the "auto" row's measurement, are left out.  Rows alternate, so a change in the machine's speed
+hits every setting; compare within a round.  Data: ``data/processed/power`` of this checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, ".."))
+
+CHILD = """
+import json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+root, form, jit, mm, threads, warm, steps = json.loads(sys.argv[1])
+sys.path.insert(0, root)
+sys.path.insert(1, {here!r})
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(threads)
+tf.config.threading.set_inter_op_parallelism_threads(threads)
+import bench_nsf
+import flows
+from flows.training import TrainConfig, fit, set_seed
+train = np.load(os.path.join({root!r}, "data", "processed", "power", "train.npy"), mmap_mode="r")
+set_seed(0)
+flow = flows.build_flow("nsf", [6], **bench_nsf.hparams(form, True))
+lines = []
+cfg = TrainConfig(steps=warm + steps, batch_size=512, learning_rate=5e-4, eval_every=warm, max_val=512,
+                  jit_compile=jit, matmul_dtype=mm, steps_per_call=32)
+h = fit(flow, train, train[:512], cfg, log=lines.append)
+print(json.dumps({{"steps_per_s": steps / (h.seconds[-1] - h.seconds[0]), "jit_as_run": h.jit_compile,
+                  "matmul_dtype_as_run": getattr(h, "matmul_dtype", None) or mm,
+                  "auto": [line for line in lines if "auto:" in line]}}))
+""".format(here=HERE, root=ROOT)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="the older checkout (its flows/ is imported), e.g. a git worktree")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=64, help="untimed steps (the first validation ends them)")
+    ap.add_argument("--steps", type=int, default=96, help="timed steps")
+    ap.add_argument("--forms", default="autoregressive,coupling")
+    ap.add_argument("--json", help="also append the rows here, one JSON line each")
+    args = ap.parse_args(argv)
+    if not os.path.exists(os.path.join(ROOT, "data", "processed", "power", "train.npy")):
+        raise SystemExit("data/processed/power is missing: run `dvc repro prepare@power` first")
+    settings = [("old", os.path.abspath(args.old), True, "float32"), ("new", ROOT, True, "float32"),
+                ("new", ROOT, False, "bfloat16"), ("new", ROOT, "auto", "auto")]
+    print("| round | form | tree | jit_compile | matmul_dtype | as run | steps/s |\n|---|---|---|---|---|---|---|",
+          flush=True)
+    for rnd in range(1, args.rounds + 1):
+        for form in args.forms.split(","):
+            for tree, root, jit, mm in settings:
+                spec = json.dumps([root, form, jit, mm, args.threads, args.warmup, args.steps])
+                out = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True)
+                try:
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                except (IndexError, ValueError):
+                    row = {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
+                row.update(round=rnd, form=form, tree=tree, root=root, jit_compile=jit, matmul_dtype=mm,
+                           threads=args.threads)
+                ran = f"{'XLA' if row.get('jit_as_run') else 'no XLA'}, {row.get('matmul_dtype_as_run')}"
+                rate = f"{row['steps_per_s']:.2f}" if "steps_per_s" in row else row["error"]
+                print(f"| {rnd} | {form} | {tree} | {jit} | {mm} | {ran} | {rate} |", flush=True)
+                if args.json:
+                    with open(args.json, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
