@@ -69,16 +69,23 @@ def step_gflop(form: str, residual: bool, d: int = 6, batch: int = 512, bins: in
     return 3 * 2 * batch * sum(a * b for a, b in shapes) * 10 / 1e9
 
 
-def step_rate(train, form, residual, jit, matmul_dtype, steps) -> float:
+def step_rate(train, form, residual, jit, matmul_dtype, steps, warm: int = 64, seed=None, details: bool = False):
+    """Steps/s of the paper RQ-NSF through ``fit`` over ``steps`` steps after ``warm`` (the first validation ends
+    them, so compilation and an "auto" setting's measurement are left out).  ``seed``: ``set_seed`` before the
+    build; ``details``: also the ``History`` and ``fit``'s log lines."""
     import flows
     from flows.training import TrainConfig, fit
 
+    if seed is not None:
+        from flows.training import set_seed
+        set_seed(seed)
     flow = flows.build_flow("nsf", [6], **hparams(form, residual))
-    warm = 64
     cfg = TrainConfig(steps=warm + steps, batch_size=512, learning_rate=5e-4, eval_every=warm, max_val=512,
                       jit_compile=jit, matmul_dtype=matmul_dtype, steps_per_call=32)
-    h = fit(flow, train, train[:512], cfg, log=lambda s: None)
-    return steps / (h.seconds[-1] - h.seconds[0])
+    lines = []
+    h = fit(flow, train, train[:512], cfg, log=lines.append)
+    rate = steps / (h.seconds[-1] - h.seconds[0])
+    return (rate, h, lines) if details else rate
 
 
 def pieces(jit: bool, matmul_dtype: str, reps: int = 30) -> dict:

@@ -35,19 +35,12 @@ import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(threads)
 import bench_nsf
-import flows
-from flows.training import TrainConfig, fit, set_seed
-train = np.load(os.path.join({root!r}, "data", "processed", "power", "train.npy"), mmap_mode="r")
-set_seed(0)
-flow = flows.build_flow("nsf", [6], **bench_nsf.hparams(form, True))
-lines = []
-cfg = TrainConfig(steps=warm + steps, batch_size=512, learning_rate=5e-4, eval_every=warm, max_val=512,
-                  jit_compile=jit, matmul_dtype=mm, steps_per_call=32)
-h = fit(flow, train, train[:512], cfg, log=lines.append)
-print(json.dumps({{"steps_per_s": steps / (h.seconds[-1] - h.seconds[0]), "jit_as_run": h.jit_compile,
+train = np.load(os.path.join({data_root!r}, "data", "processed", "power", "train.npy"), mmap_mode="r")
+rate, h, lines = bench_nsf.step_rate(train, form, True, jit, mm, steps, warm=warm, seed=0, details=True)
+print(json.dumps({{"steps_per_s": rate, "jit_as_run": h.jit_compile,
                   "matmul_dtype_as_run": getattr(h, "matmul_dtype", None) or mm,
                   "auto": [line for line in lines if "auto:" in line]}}))
-""".format(here=HERE, root=ROOT)
+""".format(here=HERE, data_root=ROOT)
 
 
 def main(argv=None):
