@@ -735,10 +735,8 @@ def _auto_line(auto: list, call: "TrainCall", timing: dict) -> str:
         picked.append("XLA" if call.jit else "no XLA")
     if "matmul_dtype" in auto:
         picked.append(f"{call.matmul_dtype} products")
-    names = {"graph": "without XLA", "xla": "with XLA", "graph_bfloat16": "bfloat16 without XLA",
-             "xla_bfloat16": "bfloat16 with XLA"}
-    if "matmul_dtype" in auto:
-        names.update(graph="float32 without XLA", xla="float32 with XLA")
+    names = {key: ("" if dtype == "float32" and "matmul_dtype" not in auto else f"{dtype} ")
+             + ("with XLA" if jit else "without XLA") for key, jit, dtype in AUTO_CANDIDATES}
     measured = ", ".join(f"{1e3 * v:.2f} ms/step {names[k]}" for k, v in timing.items() if k in names)
     return f"{' and '.join(auto)} auto: {', '.join(picked)} ({measured or 'not measured: several replicas'})"
 
