@@ -69,10 +69,12 @@ def step_gflop(form: str, residual: bool, d: int = 6, batch: int = 512, bins: in
     return 3 * 2 * batch * sum(a * b for a, b in shapes) * 10 / 1e9
 
 
-def step_rate(train, form, residual, jit, matmul_dtype, steps, warm: int = 64, seed=None, details: bool = False):
+def step_rate(train, form, residual, jit, matmul_dtype, steps, warm: int = 64, seed=None, details: bool = False,
+              batch_shards=1):
     """Steps/s of the paper RQ-NSF through ``fit`` over ``steps`` steps after ``warm`` (the first validation ends
     them, so compilation and an "auto" setting's measurement are left out).  ``seed``: ``set_seed`` before the
-    build; ``details``: also the ``History`` and ``fit``'s log lines."""
+    build; ``details``: also the ``History`` and ``fit``'s log lines; ``batch_shards``: ``TrainConfig``'s (left
+    out when 1, so that trees older than the option run too)."""
     import flows
     from flows.training import TrainConfig, fit
 
@@ -81,7 +83,8 @@ def step_rate(train, form, residual, jit, matmul_dtype, steps, warm: int = 64, s
         set_seed(seed)
     flow = flows.build_flow("nsf", [6], **hparams(form, residual))
     cfg = TrainConfig(steps=warm + steps, batch_size=512, learning_rate=5e-4, eval_every=warm, max_val=512,
-                      jit_compile=jit, matmul_dtype=matmul_dtype, steps_per_call=32)
+                      jit_compile=jit, matmul_dtype=matmul_dtype, steps_per_call=32,
+                      **({} if batch_shards == 1 else {"batch_shards": batch_shards}))
     lines = []
     h = fit(flow, train, train[:512], cfg, log=lines.append)
     rate = steps / (h.seconds[-1] - h.seconds[0])

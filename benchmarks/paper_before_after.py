@@ -2,10 +2,12 @@
 
     git worktree add /tmp/base a1c2c85          # issue 13's baseline tree
     python benchmarks/paper_before_after.py --old /tmp/base --rounds 2 --threads 1 --json /tmp/ba.jsonl
+    python benchmarks/paper_before_after.py --old /tmp/base --rounds 2 --threads 2 --forms autoregressive
 
 Rows, per form (autoregressive, coupling) and round: the old tree with the paper pipeline's former setting (XLA,
-float32 products), this tree the same way, this tree with bfloat16 products without XLA, and this tree with
-``jit_compile`` and ``matmul_dtype`` "auto" (params-paper.yaml's NSF rows: the row's own choice is printed).  Each
+float32 products), this tree the same way, this tree with bfloat16 products without XLA, with ``--threads`` above 1
+those two with the batch in one shard per thread (``TrainConfig.batch_shards``), and this tree with ``jit_compile``,
+``matmul_dtype`` and ``batch_shards`` "auto" (params-paper.yaml's NSF rows: the row's own choice is printed).  Each
 row builds params-paper.yaml's model (``bench_nsf.hparams``: 10 transforms, 2 residual blocks of 256, 8 bins on
 [-3, 3], LU linear layers) with the tree's ``flows`` and trains it through ``fit`` on the real POWER rows (batch 512,
 32 steps per compiled call); steps/s between the validations at step ``--warmup`` and ``--warmup + --steps``, so
@@ -27,7 +29,7 @@ ROOT = os.path.abspath(os.path.join(HERE, ".."))
 CHILD = """
 import json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-root, form, jit, mm, threads, warm, steps = json.loads(sys.argv[1])
+root, form, jit, mm, shards, threads, warm, steps = json.loads(sys.argv[1])
 sys.path.insert(0, root)
 sys.path.insert(1, {here!r})
 import numpy as np
@@ -36,9 +38,11 @@ tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(threads)
 import bench_nsf
 train = np.load(os.path.join({data_root!r}, "data", "processed", "power", "train.npy"), mmap_mode="r")
-rate, h, lines = bench_nsf.step_rate(train, form, True, jit, mm, steps, warm=warm, seed=0, details=True)
+rate, h, lines = bench_nsf.step_rate(train, form, True, jit, mm, steps, warm=warm, seed=0, details=True,
+                                    batch_shards=shards)
 print(json.dumps({{"steps_per_s": rate, "jit_as_run": h.jit_compile,
                   "matmul_dtype_as_run": getattr(h, "matmul_dtype", None) or mm,
+                  "batch_shards_as_run": getattr(h, "batch_shards", None) or shards,
                   "auto": [line for line in lines if "auto:" in line]}}))
 """.format(here=HERE, data_root=ROOT)
 
@@ -55,24 +59,28 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not os.path.exists(os.path.join(ROOT, "data", "processed", "power", "train.npy")):
         raise SystemExit("data/processed/power is missing: run `dvc repro prepare@power` first")
-    settings = [("old", os.path.abspath(args.old), True, "float32"), ("new", ROOT, True, "float32"),
-                ("new", ROOT, False, "bfloat16"), ("new", ROOT, "auto", "auto")]
-    print("| round | form | tree | jit_compile | matmul_dtype | as run | steps/s |\n|---|---|---|---|---|---|---|",
-          flush=True)
+    settings = [("old", os.path.abspath(args.old), True, "float32", 1), ("new", ROOT, True, "float32", 1),
+                ("new", ROOT, False, "bfloat16", 1)]
+    if args.threads > 1:  # the batch in one shard per core (TrainConfig.batch_shards): pays only with several
+        settings += [("new", ROOT, True, "float32", args.threads), ("new", ROOT, False, "bfloat16", args.threads)]
+    settings.append(("new", ROOT, "auto", "auto", "auto"))
+    print("| round | form | tree | jit_compile | matmul_dtype | batch_shards | as run | steps/s |\n"
+          "|---|---|---|---|---|---|---|---|", flush=True)
     for rnd in range(1, args.rounds + 1):
         for form in args.forms.split(","):
-            for tree, root, jit, mm in settings:
-                spec = json.dumps([root, form, jit, mm, args.threads, args.warmup, args.steps])
+            for tree, root, jit, mm, shards in settings:
+                spec = json.dumps([root, form, jit, mm, shards, args.threads, args.warmup, args.steps])
                 out = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True)
                 try:
                     row = json.loads(out.stdout.strip().splitlines()[-1])
                 except (IndexError, ValueError):
                     row = {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
                 row.update(round=rnd, form=form, tree=tree, root=root, jit_compile=jit, matmul_dtype=mm,
-                           threads=args.threads)
-                ran = f"{'XLA' if row.get('jit_as_run') else 'no XLA'}, {row.get('matmul_dtype_as_run')}"
+                           batch_shards=shards, threads=args.threads)
+                ran = (f"{'XLA' if row.get('jit_as_run') else 'no XLA'}, {row.get('matmul_dtype_as_run')}, "
+                       f"{row.get('batch_shards_as_run')} shard(s)")
                 rate = f"{row['steps_per_s']:.2f}" if "steps_per_s" in row else row["error"]
-                print(f"| {rnd} | {form} | {tree} | {jit} | {mm} | {ran} | {rate} |", flush=True)
+                print(f"| {rnd} | {form} | {tree} | {jit} | {mm} | {shards} | {ran} | {rate} |", flush=True)
                 if args.json:
                     with open(args.json, "a") as fh:
                         fh.write(json.dumps(row) + "\n")

@@ -29,8 +29,9 @@ class Option:
 
     ``low``/``high``: inclusive bounds of a number (for a list of numbers: of each element); ``positive``: strictly
     greater than ``low``; ``choices``: the accepted values of a string; ``min_len``: shortest accepted list;
-    ``nullable``: None is accepted too; ``also``: numbers accepted besides the bounds (``Option(0, low=2,
-    also=(0,))``: "0 or an integer >= 2"); ``doc``: one line for error messages and documentation.
+    ``nullable``: None is accepted too; ``also``: values accepted besides the bounds, numbers or names (``Option(0,
+    low=2, also=(0,))``: "0 or an integer >= 2"; ``Option(1, low=1, also=("auto",))``: "'auto' or an integer >=
+    1"); ``doc``: one line for error messages and documentation.
     """
 
     default: Any
@@ -42,7 +43,7 @@ class Option:
     min_len: int = 0
     nullable: bool = False
     below: float | None = None  # exclusive upper bound (logit_alpha < 0.5)
-    also: tuple = ()  # values of a number accepted besides its bounds (mog_components: 0, or an integer >= 2)
+    also: tuple = ()  # values accepted besides the bounds (mog_components: 0, or an integer >= 2; batch_shards: "auto")
 
 
 def accepted(options) -> str:
@@ -154,6 +155,8 @@ def _value_ok(opt: Option, value) -> bool:
         return opt.nullable
     if opt.choices is not None:
         return value in opt.choices
+    if isinstance(value, str) and value in opt.also:  # a named value of a number option ("auto")
+        return True
     if isinstance(default, bool):
         return isinstance(value, bool)
     if _is_int(default):

@@ -22,8 +22,8 @@ import tensorflow as tf
 import tf_keras as keras  # Keras 2, the one TFP 0.25 is built on (flows.nn imports it too)
 
 from .base import Flow
-from .errors import NonFiniteError
-from .nn import in_xla_training, matmul_precision, noise_seed, xla_training
+from .errors import NonFiniteError, OptionsError
+from .nn import BatchNorm, in_xla_training, matmul_precision, noise_seed, xla_training
 from .options import Option, check_options, schema_of
 
 __all__ = [
@@ -65,9 +65,13 @@ def set_seed(seed: int):
 MATMUL_DTYPES = ("float32", "bfloat16", "auto")
 #: accepted values of TrainConfig.jit_compile
 JIT_CHOICES = (False, True, "auto")
-#: "auto" (jit_compile or matmul_dtype) moves to XLA, or to bfloat16 products, only when its median call time is
-#: below this fraction of the setting it would replace (near ties keep the plain float32 graph)
+#: "auto" (jit_compile, matmul_dtype or batch_shards) moves to XLA, to bfloat16 products or to a sharded batch only
+#: when its median call time is below this fraction of the setting it would replace (near ties keep the plain
+#: float32, unsharded graph)
 JIT_AUTO_MARGIN = 0.9
+#: batch_shards "auto" times 1 and the number of cores this process may run on, at most this many (each shard is a
+#: copy of the flow's graph in the training call: compilation time and graph size grow with it)
+MAX_AUTO_SHARDS = 8
 
 
 def _opt(**kw):
@@ -108,6 +112,13 @@ class TrainConfig:
     #: start of fit together with jit_compile (bfloat16 only when clearly faster), see :func:`pick_jit`
     matmul_dtype: str = field(default="float32", metadata=_opt(
         choices=MATMUL_DTYPES, doc="bfloat16: conditioners' products, training only; auto: measured"))
+    #: the training call computes the log-densities of each batch as this many independent row shards (same loss,
+    #: summed in another order), which TensorFlow runs on different cores at once: pays on several cores when one
+    #: step's ops are too small to keep them busy (see :class:`TrainCall`); "auto": 1 and the number of usable
+    #: cores, measured at the start of fit (see :func:`pick_jit`).  Not with batch normalisation (its statistics
+    #: are the batch's).
+    batch_shards: int | str = field(default=1, metadata=_opt(low=1, also=("auto",),
+                                                             doc="auto: 1 or the core count, measured"))
     #: the caller enables tf.config.experimental.enable_op_determinism() (process-wide) before training
     deterministic: bool = False
     #: images only: the dequantised pixels x in [0, 1] are modelled as logit(alpha + (1 - 2 alpha) x)
@@ -146,6 +157,7 @@ class History:
     jit_compile: bool | None = None  # XLA or not, as run (config.jit_compile "auto" resolved by pick_jit)
     jit_timing: dict = field(default_factory=dict)  # pick_jit's measurement: median seconds per step each way
     matmul_dtype: str | None = None  # the conditioners' products as run (config.matmul_dtype "auto" resolved)
+    batch_shards: int | None = None  # the batch's shards as run (config.batch_shards "auto" resolved)
 
     def rows(self):
         for i in range(len(self.step)):
@@ -321,6 +333,24 @@ def auto_steps_per_call(batch_bytes: int, limit: int = 32, budget: int = 16 << 2
     return int(max(1, min(limit, budget // max(int(batch_bytes), 1))))
 
 
+_BATCH_STATISTICS = ("train.batch_shards = {} is invalid for a flow with batch normalisation (its statistics are "
+                     "the whole batch's): accepted 1, or auto (which keeps 1 for such a flow)")
+
+
+def has_batch_statistics(flow: Flow) -> bool:
+    """Whether ``flow`` normalises by batch statistics in training (:class:`flows.nn.BatchNorm`), so that its
+    training batch cannot be split into shards (``TrainConfig.batch_shards``)."""
+    return any(isinstance(m, BatchNorm) for m in (flow, *flow.submodules))
+
+
+def usable_cores() -> int:
+    """The number of cores this process may run on (its CPU affinity: ``taskset`` and cgroup cpusets count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def _all_finite(variables) -> bool:
     return all(bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v)))) for v in variables
                if v.dtype.is_floating)
@@ -409,12 +439,21 @@ class TrainCall:
     """The compiled training call: up to ``per_call`` optimizer steps in a ``tf.while_loop`` inside one graph, the
     same code for one replica and for several (each step is ``strategy.run`` of the replica step; gradients are
     summed over replicas by the optimizer).  With one replica and ``jit``, XLA compiles the whole call (loss,
-    gradients, clipping, the Adam update, the loop); with several, the loss-and-gradient function."""
+    gradients, clipping, the Adam update, the loop); with several, the loss-and-gradient function.
+
+    ``shards`` > 1 splits each (replica's) batch into that many consecutive row blocks, as equal as they can be,
+    whose log-densities are computed by separate copies of the flow's ops in the same graph: no op joins them
+    before the loss, so TensorFlow's executor (or XLA's) runs them on different cores at once, and their
+    gradients meet only where each variable's are summed.  The loss is the same, ``-sum(log p) / global_batch``,
+    summed in another order (so not bitwise the unsharded one); dropout draws distinct masks for every shard.
+    Refused for a flow with batch normalisation, whose batch statistics the shards would change."""
 
     def __init__(self, flow: Flow, optimizer, transform: Transform, strategy, global_batch: int, per_call: int,
-                 jit: bool = False, mixed_precision: bool = False, matmul_dtype: str = "float32"):
+                 jit: bool = False, mixed_precision: bool = False, matmul_dtype: str = "float32", shards: int = 1):
+        if shards > 1 and has_batch_statistics(flow):
+            raise OptionsError(_BATCH_STATISTICS.format(shards))
         self.flow, self.optimizer, self.transform, self.strategy = flow, optimizer, transform, strategy
-        self.matmul_dtype, self.jit = matmul_dtype, bool(jit)
+        self.matmul_dtype, self.jit, self.shards = matmul_dtype, bool(jit), int(shards)
         self.per_call, self.mixed = per_call, mixed_precision
         self.replicas = strategy.num_replicas_in_sync
         self.global_batch = global_batch
@@ -429,8 +468,16 @@ class TrainCall:
         flow, opt = self.flow, self.optimizer
         with tf.GradientTape() as tape, noise_seed(seed):  # dropout's masks: stateless, from the step's seed
             y, ldj = self.transform(batch, seed)
-            lp = flow.log_prob(y, training=True) + tf.cast(ldj, flow.dtype)  # in the flow's dtype, no downcast
-            loss = -tf.reduce_sum(lp) / tf.cast(self.global_batch, flow.dtype)
+            ldj = tf.cast(ldj, flow.dtype)  # in the flow's dtype, no downcast
+            rows = y.shape[0]
+            if self.shards == 1 or rows is None or rows < 2:
+                total = tf.reduce_sum(flow.log_prob(y, training=True) + ldj)
+            else:  # independent row blocks: one copy of the flow's ops each (see the class docstring)
+                sizes = [len(part) for part in np.array_split(np.arange(rows), min(self.shards, rows))]
+                ldj = tf.broadcast_to(ldj, [rows])
+                total = tf.add_n([tf.reduce_sum(flow.log_prob(part, training=True) + part_ldj)
+                                  for part, part_ldj in zip(tf.split(y, sizes), tf.split(ldj, sizes))])
+            loss = -total / tf.cast(self.global_batch, flow.dtype)
             scaled = opt.get_scaled_loss(loss) if self.mixed else loss
         grads = tape.gradient(scaled, self.variables)
         if self.mixed:
@@ -601,10 +648,17 @@ def fit(
       float32).  Validation and the returned flow are float32.  ``"auto"`` measures float32 and bfloat16 products
       (with each ``jit_compile`` candidate) on the run's first steps, like ``jit_compile: "auto"``, and keeps
       bfloat16 only when clearly faster (``History.matmul_dtype``; a resumed run keeps its first process's choice).
+    * ``config.batch_shards``: each batch's log-densities as that many independent row shards of one graph, which
+      run on different cores at once (:class:`TrainCall`); ``"auto"`` measures 1 and :func:`usable_cores` shards
+      (at most :data:`MAX_AUTO_SHARDS`; with each ``jit_compile`` and ``matmul_dtype`` candidate) and keeps the
+      sharded batch only when clearly faster (``History.batch_shards``; a resumed run keeps its first choice).
+      One core, several replicas or batch normalisation: 1, unmeasured.
     """
 
     strategy = strategy or tf.distribute.get_strategy()
     transform = transform or _identity_transform
+    if config.batch_shards != "auto" and config.batch_shards > 1 and has_batch_statistics(flow):
+        raise OptionsError(_BATCH_STATISTICS.format(config.batch_shards))  # before anything is written
     n, replicas = len(train), strategy.num_replicas_in_sync
     batch_size = min(config.batch_size, n)
     if batch_size < replicas:
@@ -628,22 +682,26 @@ def fit(
         log(f"resumed from {ckpt.latest} at step {state.step}/{config.steps}")
     clock, last_log = _Clock(state.elapsed), (state.elapsed, state.step)  # pick_jit's measurement counts too
 
-    def make_call(jit, matmul_dtype):
+    def make_call(jit, matmul_dtype, shards=1):
         return TrainCall(flow, optimizer, transform, strategy, batch_size, per_call, jit, config.mixed_precision,
-                         matmul_dtype)
+                         matmul_dtype, shards)
 
     # a setting that is not "auto" is taken as set; an "auto" one as the run's first process measured it (a resumed
-    # run keeps that choice; one begun before matmul_dtype had "auto" ran float32 products)
+    # run keeps that choice; one begun before matmul_dtype or batch_shards had "auto" ran float32 products, unsharded)
     h, resumed = state.history, state.history.jit_compile is not None
-    auto = [key for key in ("jit_compile", "matmul_dtype") if getattr(config, key) == "auto"]
+    auto = [key for key in AUTO_SETTINGS if getattr(config, key) == "auto"]
     h.jit_compile = h.jit_compile if "jit_compile" in auto else bool(config.jit_compile)
     h.matmul_dtype = ((h.matmul_dtype or ("float32" if resumed else None)) if "matmul_dtype" in auto
                       else config.matmul_dtype)
-    if h.jit_compile is not None and h.matmul_dtype is not None:
-        step_fn = make_call(h.jit_compile, h.matmul_dtype)
+    h.batch_shards = ((h.batch_shards or (1 if resumed else None)) if "batch_shards" in auto
+                      else config.batch_shards)
+    if h.batch_shards is None and len(shard_candidates(config, flow, strategy)) == 1:
+        h.batch_shards = 1  # one core, several replicas or batch normalisation: nothing to measure
+    if None not in (h.jit_compile, h.matmul_dtype, h.batch_shards):
+        step_fn = make_call(h.jit_compile, h.matmul_dtype, h.batch_shards)
     else:
         step_fn, h.jit_timing = pick_jit(make_call, batches, state.step + 1, config, strategy, flow, optimizer)
-        h.jit_compile, h.matmul_dtype = step_fn.jit, step_fn.matmul_dtype
+        h.jit_compile, h.matmul_dtype, h.batch_shards = step_fn.jit, step_fn.matmul_dtype, step_fn.shards
         log(_auto_line(auto, step_fn, h.jit_timing))
     while not state.finished and state.step < config.steps:
         start, last = state.step + 1, _call_end(state.step + 1, per_call, config)
@@ -676,38 +734,61 @@ def fit(
 
 
 #: the candidates of pick_jit in order of preference: (timing key, XLA, matmul dtype); a later one replaces the
-#: current choice only when clearly faster (JIT_AUTO_MARGIN)
+#: current choice only when clearly faster (JIT_AUTO_MARGIN).  Each is tried unsharded first, then (batch_shards
+#: "auto" or > 1) with the batch in shards, its key then ending in "_<k>shards"
 AUTO_CANDIDATES = (("graph", False, "float32"), ("xla", True, "float32"), ("graph_bfloat16", False, "bfloat16"),
                    ("xla_bfloat16", True, "bfloat16"))
+#: the TrainConfig settings that "auto" resolves by a measurement (pick_jit)
+AUTO_SETTINGS = ("jit_compile", "matmul_dtype", "batch_shards")
+
+
+def shard_candidates(config: TrainConfig, flow: Flow, strategy=None) -> tuple:
+    """The ``batch_shards`` values :func:`pick_jit` measures: the setting itself unless it is ``"auto"``; then 1 and
+    the number of cores this process may use (:func:`usable_cores`, at most :data:`MAX_AUTO_SHARDS` and the batch
+    size), or just 1 on one core, with several replicas (each already has its own device) or with batch
+    normalisation (its statistics are the batch's)."""
+    if config.batch_shards != "auto":
+        return (config.batch_shards,)
+    cores = min(usable_cores(), MAX_AUTO_SHARDS, config.batch_size)
+    replicas = (strategy or tf.distribute.get_strategy()).num_replicas_in_sync
+    return (1,) if cores < 2 or replicas > 1 or has_batch_statistics(flow) else (1, cores)
+
+
+def _candidate_key(key: str, shards: int) -> str:
+    return key if shards == 1 else f"{key}_{shards}shards"
 
 
 def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, strategy, flow: Flow, optimizer,
              rounds: int = 3):
-    """``jit_compile: "auto"`` and/or ``matmul_dtype: "auto"``: the fastest training call on this machine, measured,
-    and the measurement.
+    """``jit_compile``, ``matmul_dtype`` and/or ``batch_shards`` "auto": the fastest training call on this machine,
+    measured, and the measurement.
 
-    The candidates are every combination of XLA (both ways where ``jit_compile`` is ``"auto"``, else as set) and
-    of the products' dtype (float32 and bfloat16 where ``matmul_dtype`` is ``"auto"``, else as set), built by
-    ``make_call(jit, matmul_dtype)``.  Each runs the run's own next ``per_call`` steps: one call each to compile,
-    then ``rounds`` timed calls each, alternating so that a change in the machine's load hits all.  Taken in the
-    order of :data:`AUTO_CANDIDATES` (plain graph, XLA, then bfloat16 products without and with XLA), a candidate
-    replaces the choice so far only when its median is below :data:`JIT_AUTO_MARGIN` times the choice's, so near
-    ties (where the choice could flip from run to run) keep the plainer, float32 setting.  Every variable of the
-    flow and the optimizer is put back afterwards, so the run then trains exactly as it would have with the chosen
-    setting from the start.  With several replicas (where XLA would compile only the loss-and-gradient function)
-    nothing is measured: XLA stays off (unless set) and products stay float32 (unless set).
+    The candidates are every combination of XLA (both ways where ``jit_compile`` is ``"auto"``, else as set), of
+    the products' dtype (float32 and bfloat16 where ``matmul_dtype`` is ``"auto"``, else as set) and of the batch's
+    shards (:func:`shard_candidates`), built by ``make_call(jit, matmul_dtype, shards)``.  Each runs the run's own
+    next ``per_call`` steps: one call each to compile, then ``rounds`` timed calls each, alternating so that a
+    change in the machine's load hits all.  Taken in the order of :data:`AUTO_CANDIDATES` (plain graph, XLA, then
+    bfloat16 products without and with XLA), unsharded first, a candidate replaces the choice so far only when its
+    median is below :data:`JIT_AUTO_MARGIN` times the choice's, so near ties (where the choice could flip from run
+    to run) keep the plainer setting.  Every variable of the flow and the optimizer is put back afterwards, so the
+    run then trains exactly as it would have with the chosen setting from the start.  With several replicas (where
+    XLA would compile only the loss-and-gradient function) nothing is measured: XLA stays off (unless set),
+    products stay float32 (unless set) and the batch is not sharded (unless set).
 
     Returns (the chosen :class:`TrainCall`, {candidate key: s/step, ..., "margin": JIT_AUTO_MARGIN}); the keys are
-    those of :data:`AUTO_CANDIDATES` (``"graph"`` and ``"xla"``: float32 products)."""
+    those of :data:`AUTO_CANDIDATES` (``"graph"`` and ``"xla"``: float32 products), with ``"_<k>shards"`` appended
+    for a batch in k > 1 shards."""
     jits = (False, True) if config.jit_compile == "auto" else (bool(config.jit_compile),)
     dtypes = ("float32", "bfloat16") if config.matmul_dtype == "auto" else (config.matmul_dtype,)
+    shards = shard_candidates(config, flow, strategy)
     if strategy.num_replicas_in_sync > 1:
-        return make_call(jits[0], dtypes[0]), {}
+        return make_call(jits[0], dtypes[0], shards[0]), {}
     variables = list(flow.variables) + list(optimizer.variables)
     saved = [v.numpy() for v in variables]
     count = min(batches.buffer.shape[0], config.steps)
     data = batches.fill(first, count)
-    calls = {key: make_call(jit, dtype) for key, jit, dtype in AUTO_CANDIDATES if jit in jits and dtype in dtypes}
+    calls = {_candidate_key(key, k): make_call(jit, dtype, k) for k in shards
+             for key, jit, dtype in AUTO_CANDIDATES if jit in jits and dtype in dtypes}
     times = {name: [] for name in calls}
     try:
         for name, call in calls.items():  # compile (and a first run)
@@ -735,10 +816,17 @@ def _auto_line(auto: list, call: "TrainCall", timing: dict) -> str:
         picked.append("XLA" if call.jit else "no XLA")
     if "matmul_dtype" in auto:
         picked.append(f"{call.matmul_dtype} products")
-    names = {key: ("" if dtype == "float32" and "matmul_dtype" not in auto else f"{dtype} ")
-             + ("with XLA" if jit else "without XLA") for key, jit, dtype in AUTO_CANDIDATES}
+    if "batch_shards" in auto:
+        picked.append(f"{call.shards} shard{'s' * (call.shards > 1)}")
+    names = {}
+    for shards in sorted({1, call.shards, *(int(k.rsplit("_", 1)[1][:-6]) for k in timing if k.endswith("shards"))}):
+        for key, jit, dtype in AUTO_CANDIDATES:
+            names[_candidate_key(key, shards)] = (
+                ("" if dtype == "float32" and "matmul_dtype" not in auto else f"{dtype} ")
+                + ("with XLA" if jit else "without XLA") + (f", {shards} shards" if shards > 1 else ""))
     measured = ", ".join(f"{1e3 * v:.2f} ms/step {names[k]}" for k, v in timing.items() if k in names)
-    return f"{' and '.join(auto)} auto: {', '.join(picked)} ({measured or 'not measured: several replicas'})"
+    what = " and ".join(auto) if len(auto) < 3 else f"{', '.join(auto[:-1])} and {auto[-1]}"
+    return f"{what} auto: {', '.join(picked)} ({measured or 'not measured: several replicas'})"
 
 
 class _Clock:

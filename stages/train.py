@@ -107,15 +107,17 @@ def main(argv=None):
     write_json(metrics_path, {"best_step": history.best_step, "best_val_nll": history.best_val_loss,
                               "steps": history.steps_done, "stopped_early": history.stopped_early,
                               "units": "nats per example (images: of the dequantised data in [0,1]^D)"})
-    # jit_compile and matmul_dtype as run (params "auto" resolved by a measurement: flows.training.pick_jit) and
-    # that measurement
+    # jit_compile, matmul_dtype and batch_shards as run (params "auto" resolved by a measurement:
+    # flows.training.pick_jit) and that measurement
     jit_ms = {f"jit_auto_{k}_ms_per_step": round(1e3 * v, 4) for k, v in history.jit_timing.items() if k != "margin"}
     write_json(Path(args.timing or f"metrics/timing/{cell}.json"),  # differs from run to run: not a DVC metric
                {"train_seconds": round(history.train_seconds, 3), "resumed_from_step": history.resumed_from,
-                "jit_compile": history.jit_compile, "matmul_dtype": history.matmul_dtype, **jit_ms})
+                "jit_compile": history.jit_compile, "matmul_dtype": history.matmul_dtype,
+                "batch_shards": history.batch_shards, **jit_ms})
     run.log_metrics({"train_seconds": history.train_seconds, "best_val_nll": history.best_val_loss,
                      "best_step": history.best_step, **jit_ms})
-    run.log_params({"jit_compile_as_run": history.jit_compile, "matmul_dtype_as_run": history.matmul_dtype})
+    run.log_params({"jit_compile_as_run": history.jit_compile, "matmul_dtype_as_run": history.matmul_dtype,
+                    "batch_shards_as_run": history.batch_shards})
     run.log_artifact(Path(args.history or f"plots/history/{cell}.csv"), "history")
     run.finish()
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the outputs are written: nothing left to resume

@@ -167,6 +167,7 @@ def test_training_runs_log_system_metrics_and_keep_timing_out_of_the_metrics(rep
     # jit_compile as run: maf's is set (true), planar's "auto" was measured, and both say what ran
     assert timing["jit_compile"] is True and not any(k.startswith("jit_auto") for k in timing)
     assert timing["matmul_dtype"] == "float32"  # as set (params.yaml leaves it at float32)
+    assert timing["batch_shards"] == 1  # as set (the default)
     auto = json.loads((repo / "metrics" / "timing" / "planar-moons.json").read_text())
     assert isinstance(auto["jit_compile"], bool)
     assert auto["jit_auto_xla_ms_per_step"] > 0 and auto["jit_auto_graph_ms_per_step"] > 0
@@ -174,9 +175,10 @@ def test_training_runs_log_system_metrics_and_keep_timing_out_of_the_metrics(rep
     try:
         logged = {v for (v,) in con.execute("select value from params where key = 'jit_compile_as_run'")}
         dtypes = {v for (v,) in con.execute("select value from params where key = 'matmul_dtype_as_run'")}
+        shards = {v for (v,) in con.execute("select value from params where key = 'batch_shards_as_run'")}
     finally:
         con.close()
-    assert logged == {"True", str(auto["jit_compile"])} and dtypes == {"float32"}
+    assert logged == {"True", str(auto["jit_compile"])} and dtypes == {"float32"} and shards == {"1"}
     assert "train_seconds" not in json.loads((repo / "metrics" / "eval" / "maf-moons.json").read_text())
     assert "train s" in (repo / "metrics" / "results.md").read_text()
 

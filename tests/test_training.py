@@ -237,6 +237,133 @@ def test_matmul_dtype_auto_choice_survives_a_resume(monkeypatch, tmp_path):
         assert not any("auto:" in line for line in lines)
 
 
+def _shard_data():
+    return np.random.default_rng(5).normal(size=(1500, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_batch_shards_compute_the_same_loss_and_gradients(jit):
+    """A batch of 64 rows in 3 shards (22, 21, 21: uneven) gives the unsharded call's loss and gradients (the same
+    sum in another order), with a flow whose transform adds a log-determinant per row, under XLA too; and fit with
+    shards follows the unsharded run's validation losses."""
+    from flows.training import TrainCall, default_optimizer
+
+    data = _shard_data()
+    set_seed(6)
+    flow = flows.build_flow("nsf", [4], form="autoregressive", num_layers=2, hidden_units=[16, 16])
+    flow.initialize(tf.constant(data[:256]))
+    config = TrainConfig(steps=10)
+    opt = default_optimizer(config)
+
+    def transform(x, seed):  # an affine map with a log-determinant per row
+        return 0.5 * x + 0.1, tf.fill(tf.shape(x)[:1], 4 * np.log(0.5).astype(np.float32))
+
+    out = {}
+    for shards in (1, 3):
+        call = TrainCall(flow, opt, transform, tf.distribute.get_strategy(), 64, 1, jit=jit, shards=shards)
+        fn = tf.function(call.loss_and_grads, jit_compile=jit or None)
+        loss, grads = fn(tf.constant(data[:64]), tf.constant([0, 1], tf.int64))
+        out[shards] = (float(loss), [g.numpy() for g in grads])
+    assert out[3][0] == pytest.approx(out[1][0], rel=1e-6) and math.isfinite(out[1][0])
+    for a, b in zip(out[3][1], out[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    runs = {}
+    for shards in (1, 2):
+        set_seed(6)
+        flow = flows.build_flow("nsf", [4], form="autoregressive", num_layers=2, hidden_units=[16, 16])
+        runs[shards] = fit(flow, data[:1000], data[1000:], TrainConfig(steps=24, eval_every=8, batch_size=64,
+                                                                       steps_per_call=4, jit_compile=jit,
+                                                                       batch_shards=shards), log=lambda s: None)
+    assert runs[2].batch_shards == 2 and runs[1].batch_shards == 1
+    np.testing.assert_allclose(runs[2].val_loss, runs[1].val_loss, rtol=1e-4)
+    assert runs[1].val_loss[-1] < runs[1].val_loss[0]
+
+
+@pytest.mark.parametrize("margin, expected", [(1e9, 2), (0.0, 1)])
+def test_batch_shards_auto_trains_exactly_as_the_setting_it_picks(monkeypatch, margin, expected):
+    """batch_shards "auto" on 2 usable cores times 1 and 2 shards (with each matmul_dtype candidate), puts every
+    variable back and then trains bit for bit as the chosen setting would from the start; the margin decides."""
+    import flows.training as training
+
+    monkeypatch.setattr(training, "JIT_AUTO_MARGIN", margin)
+    monkeypatch.setattr(training, "usable_cores", lambda: 2)
+    data = _shard_data()
+    runs = {}
+    for key, (dtype, shards) in {"auto": ("auto", "auto"), "chosen": ("bfloat16" if margin else "float32",
+                                                                        expected)}.items():
+        set_seed(4)
+        flow = flows.build_flow("nsf", [4], form="autoregressive", num_layers=2, hidden_units=[16, 16])
+        lines = []
+        h = fit(flow, data[:1000], data[1000:], TrainConfig(steps=24, eval_every=12, batch_size=64, steps_per_call=6,
+                                                            matmul_dtype=dtype, batch_shards=shards),
+                log=lines.append)
+        runs[key] = (h, _weights(flow), lines)
+    auto, chosen = runs["auto"], runs["chosen"]
+    assert auto[0].batch_shards == expected == chosen[0].batch_shards
+    assert auto[1] == chosen[1] and auto[0].val_loss == chosen[0].val_loss
+    keys = {"graph", "graph_bfloat16", "graph_2shards", "graph_bfloat16_2shards"}
+    assert set(auto[0].jit_timing) == keys | {"margin"} and all(auto[0].jit_timing[k] > 0 for k in keys)
+    picked = f"{'bfloat16' if margin else 'float32'} products, {expected} shard{'s' * (expected > 1)}"
+    assert auto[2][0].startswith(f"matmul_dtype and batch_shards auto: {picked} (")
+    assert "ms/step bfloat16 without XLA, 2 shards" in auto[2][0]
+
+
+def test_batch_shards_auto_measures_nothing_on_one_core_or_with_batch_norm(monkeypatch, tmp_path):
+    """One usable core, or a flow with batch normalisation (whose statistics are the batch's): "auto" is 1, with no
+    measurement and no progress line; an explicit batch_shards > 1 with batch normalisation is refused in one line
+    before anything is written."""
+    import flows.training as training
+
+    data = _shard_data()
+    for cores, batch_norm in ((1, False), (2, True)):
+        monkeypatch.setattr(training, "usable_cores", lambda: cores)
+        flow = flows.build_flow("maf", [4], num_layers=2, hidden_units=[8], batch_norm=batch_norm)
+        lines = []
+        h = fit(flow, data[:1000], data[1000:], TrainConfig(steps=4, eval_every=4, batch_size=64,
+                                                            batch_shards="auto"), log=lines.append)
+        assert h.batch_shards == 1 and not h.jit_timing and not any("auto:" in line for line in lines)
+    flow = flows.build_flow("maf", [4], num_layers=2, hidden_units=[8], batch_norm=True)
+    ckpt = tmp_path / "checkpoints"
+    with pytest.raises(flows.OptionsError) as info:
+        fit(flow, data[:1000], data[1000:], TrainConfig(steps=4, batch_shards=2), checkpoint_dir=ckpt)
+    assert str(info.value) == ("train.batch_shards = 2 is invalid for a flow with batch normalisation (its "
+                               "statistics are the whole batch's): accepted 1, or auto (which keeps 1 for such a flow)")
+    assert not ckpt.exists()
+
+
+def test_batch_shards_auto_choice_survives_a_resume(monkeypatch, tmp_path):
+    """A run stopped after its checkpoint and resumed keeps the shards its first process measured."""
+    import flows.training as training
+
+    monkeypatch.setattr(training, "usable_cores", lambda: 2)
+    data = _shard_data()
+    config = TrainConfig(steps=24, eval_every=6, batch_size=64, steps_per_call=6, batch_shards="auto")
+
+    def build():
+        return flows.build_flow("nsf", [4], form="autoregressive", num_layers=1, hidden_units=[16])
+
+    monkeypatch.setattr(training, "JIT_AUTO_MARGIN", 1e9)  # 2 shards
+    lines = []
+    with pytest.raises(_Stop):
+        fit(build(), data[:1000], data[1000:], config, log=lines.append, on_eval=_stop_at(12), checkpoint_dir=tmp_path)
+    assert lines[0].startswith("batch_shards auto: 2 shards (")
+    monkeypatch.setattr(training, "JIT_AUTO_MARGIN", 0.0)  # would pick 1 if it measured again
+    lines = []
+    again = fit(build(), data[:1000], data[1000:], config, log=lines.append, checkpoint_dir=tmp_path)
+    assert again.resumed_from == 6 and again.steps_done == 24 and again.batch_shards == 2
+    assert not any("auto:" in line for line in lines)
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", True, 1.5, None])
+def test_batch_shards_accepts_auto_or_a_positive_integer_only(value):
+    with pytest.raises(flows.OptionsError) as info:
+        TrainConfig.from_options({"batch_shards": value})
+    assert str(info.value) == (f"train.batch_shards = {value!r} is invalid: 'auto' or an integer >= 1 (auto: 1 or "
+                               f"the core count, measured) (default 1)")
+    assert TrainConfig.from_options({"batch_shards": "auto"}).batch_shards == "auto"
+    assert TrainConfig.from_options({"batch_shards": 3}).batch_shards == 3
+
+
 def test_matmul_dtype_accepts_float32_bfloat16_and_auto_only():
     with pytest.raises(flows.OptionsError) as info:
         TrainConfig.from_options({"matmul_dtype": "float16"})
