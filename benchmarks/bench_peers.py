@@ -46,7 +46,9 @@ each in a child process pinned to the first 1 or 2 of the cores the script may u
   :func:`flows.training.fit` itself (validation on 512 rows at the end of the warm-up and at the end; steps/s
   between the two marks; up to 32 steps per compiled call) with and without XLA (``TrainConfig.jit_compile``),
   and for the paper row also with ``TrainConfig.matmul_dtype="bfloat16"`` outside XLA (the column "ours bf16
-  products"; "ours best" is float32's); intra- and inter-op threads set with ``tf.config.threading``;
+  products"; "ours best" is float32's); with several threads each of those also with the batch in one shard per
+  thread (``TrainConfig.batch_shards``: the shards' ops run at once, one per core; "ours best" includes them);
+  intra- and inter-op threads set with ``tf.config.threading``;
 * zuko: as ``bench_zuko.py`` (``torch.set_num_threads``, fused Adam, ``CosineAnnealingLR``, ``clip_grad_norm_``);
 * flowjax: an ``optax.chain(clip_by_global_norm(5), adam(cosine_decay_schedule(1e-3, steps)))`` loop written with
   ``equinox.filter_jit`` / ``filter_value_and_grad`` over ``dist.log_prob`` (not ``fit_to_data``), timed two
@@ -58,7 +60,9 @@ Flow by flow the sides alternate (ours, flowjax, zuko), ``--repeats`` times; eve
 burst of load from other processes penalises no side systematically.  Before the flows, TensorFlow's own matmul
 ceiling on this CPU: a chain of 20 products [512, 256] @ [256, 256], GFLOP/s at each thread count, in float32 as a
 tf.function (oneDNN) and under XLA (Eigen; the float32 ceiling is the better of the two), and in bfloat16 as a
-tf.function; the paper row also gets its GFLOP/s against the float32 and the bfloat16 ceilings.
+tf.function, and with several threads also one independent chain per thread in the same function (run at once:
+the rate sharded batches can reach); the paper row also gets its GFLOP/s against the float32 and the bfloat16
+ceilings (the one-chain ceiling, as issue 13 defines it, and the one-chain-per-thread one).
 
 Output: markdown (printed and written to ``--out-md``, with the command, CPU model, AMX / AVX512-BF16 flags, date and
 load average) and the raw numbers as JSON (``--out-json``).
@@ -133,8 +137,11 @@ def tf_child(args):
 
     versions = {"tensorflow": tf.__version__, "tensorflow_probability": tfp.__version__}
     if args.task == "ceiling":
-        _emit({"versions": versions, **{dt: tf_ceiling(tf, dt) for dt in ("float32", "bfloat16")},
-               "float32_xla": tf_ceiling(tf, "float32", jit=True)})
+        out = {"versions": versions, **{dt: tf_ceiling(tf, dt) for dt in ("float32", "bfloat16")},
+               "float32_xla": tf_ceiling(tf, "float32", jit=True)}
+        if args.threads > 1:  # one independent chain per thread in one graph: what sharded batches can reach
+            out.update({f"{dt}_parallel": tf_ceiling(tf, dt, parallel=args.threads) for dt in ("float32", "bfloat16")})
+        _emit(out)
         return
     sys.path.insert(0, ROOT)
     import flows
@@ -143,10 +150,12 @@ def tf_child(args):
     train, val = _data()
     steps = args.paper_steps if args.flow == "nsf_ar_paper" else args.steps
     out = {"versions": versions}
-    runs = [("tf_function", False, "float32"), ("xla", True, "float32")]
+    runs = [("tf_function", False, "float32", 1), ("xla", True, "float32", 1)]
     if args.flow == "nsf_ar_paper":  # the bfloat16 lever (TrainConfig.matmul_dtype), outside XLA: XLA has no AMX path
-        runs.append(("bf16", False, "bfloat16"))
-    for key, jit, mm in runs:
+        runs.append(("bf16", False, "bfloat16", 1))
+    if args.threads > 1:  # the batch in one shard per thread (TrainConfig.batch_shards): only with several cores
+        runs += [(f"{key}_shards", jit, mm, args.threads) for key, jit, mm, _ in runs]
+    for key, jit, mm, shards in runs:
         try:
             set_seed(0)
             if args.flow == "nsf_ar_paper":
@@ -157,7 +166,7 @@ def tf_child(args):
                 flow = our_flow(args.flow, train.shape[1], LAYERS, HIDDEN)
             cfg = TrainConfig(steps=args.warmup + steps, batch_size=args.batch, learning_rate=1e-3,
                               eval_every=args.warmup, clip_norm=5.0, max_val=512, jit_compile=jit, seed=0,
-                              matmul_dtype=mm)
+                              matmul_dtype=mm, batch_shards=shards)
             h = fit(flow, train, val, cfg, log=lambda s: None)
             out[key] = (h.step[-1] - h.step[0]) / (h.seconds[-1] - h.seconds[0])
         except Exception as e:  # e.g. an op without an XLA kernel: report it, keep going
@@ -166,9 +175,11 @@ def tf_child(args):
     _emit(out)
 
 
-def tf_ceiling(tf, dtype, seconds=1.0, chunks=3, jit=False):
+def tf_ceiling(tf, dtype, seconds=1.0, chunks=3, jit=False, parallel=1):
     """GFLOP/s of a tf.function chain of CEIL_CHAIN products [M, K] @ [K, K] (best of ``chunks`` timed chunks);
-    ``jit``: compiled by XLA (whose CPU dots are Eigen's, not oneDNN's: faster with 2 threads on some CPUs)."""
+    ``jit``: compiled by XLA (whose CPU dots are Eigen's, not oneDNN's: faster with 2 threads on some CPUs);
+    ``parallel``: that many independent chains in the one function (TensorFlow runs them at once, as it runs the
+    shards of ``TrainConfig.batch_shards``)."""
     dt = tf.as_dtype(dtype)
     g = tf.random.Generator.from_seed(0)
     x = tf.cast(g.normal([CEIL_M, CEIL_K]), dt)
@@ -176,12 +187,16 @@ def tf_ceiling(tf, dtype, seconds=1.0, chunks=3, jit=False):
 
     @tf.function(jit_compile=jit)
     def chain(x, w):
-        for _ in range(CEIL_CHAIN):
-            x = tf.matmul(x, w)
-        return x
+        outs = []
+        for i in range(parallel):  # from the argument: nothing constant to fold
+            y = x if i == 0 else x * (1.0 + 0.01 * i)
+            for _ in range(CEIL_CHAIN):
+                y = tf.matmul(y, w)
+            outs.append(y)
+        return tf.add_n(outs)
 
     chain(x, w).numpy()  # trace
-    flop = CEIL_CHAIN * 2 * CEIL_M * CEIL_K * CEIL_K
+    flop = parallel * CEIL_CHAIN * 2 * CEIL_M * CEIL_K * CEIL_K
     best = 0.0
     for _ in range(chunks):
         n, t0 = 0, time.perf_counter()
@@ -423,7 +438,8 @@ def parent(args):
         ceiling[t] = r
         print(f"matmul ceiling, {t} threads: {r}", file=sys.stderr, flush=True)
 
-    cells = {(n, t): {"tf_function": None, "xla": None, "bf16": None, "fj_step": None, "fj_scan": None, "zuko": None}
+    ours_keys = ("tf_function", "xla", "bf16", "tf_function_shards", "xla_shards", "bf16_shards")
+    cells = {(n, t): {**{k: None for k in ours_keys}, "fj_step": None, "fj_scan": None, "zuko": None}
              for n in names for t in threads}
     for rep in range(args.repeats):
         for t in threads:
@@ -431,8 +447,8 @@ def parent(args):
                 c = cells[name, t]
                 r = run_child(args, sys.executable, "tf", t, flow=name)
                 versions.update(r.pop("versions", {}))
-                for k in ("tf_function", "xla", "bf16"):
-                    if k != "bf16" or name == "nsf_ar_paper":
+                for k in ours_keys:
+                    if (not k.startswith("bf16") or name == "nsf_ar_paper") and (t > 1 or not k.endswith("shards")):
                         c[k] = _better(c[k], r.get(k, r.get("error")))
                 r = run_child(args, args.flowjax_python, "flowjax", t, flow=name)
                 versions.update(r.pop("versions", {}))
@@ -493,15 +509,18 @@ def render(args, command, facts, versions, ceiling, cells, names, threads):
         "",
         f"## TensorFlow's matmul ceiling (a chain of {CEIL_CHAIN} products [{CEIL_M}, {CEIL_K}] @ [{CEIL_K}, {CEIL_K}], "
         "GFLOP/s; float32 as a tf.function (oneDNN) and under XLA (Eigen), bfloat16 as a tf.function; the float32 "
-        "ceiling below is the better of the two)",
+        "ceiling below is the better of the two; with several threads also one independent chain per thread in the "
+        "same tf.function, run at once: the rate the batch's shards (`TrainConfig.batch_shards`) can reach)",
         "",
-        "| threads | float32, tf.function | float32, XLA | bfloat16, tf.function |",
-        "|---|---|---|---|",
+        "| threads | float32, tf.function | float32, XLA | bfloat16, tf.function | float32, one chain per thread | "
+        "bfloat16, one chain per thread |",
+        "|---|---|---|---|---|---|",
     ]
     for t in threads:
         c = ceiling[t]
-        lines.append(f"| {t} | " + " | ".join(_fmt(c.get(k, c.get("error")))
-                                             for k in ("float32", "float32_xla", "bfloat16")) + " |")
+        lines.append(f"| {t} | " + " | ".join(_fmt(c.get(k, c.get("error") if t > 1 or "parallel" not in k else None))
+                                             for k in ("float32", "float32_xla", "bfloat16", "float32_parallel",
+                                                       "bfloat16_parallel")) + " |")
     lines += [
         "",
         f"## Training steps/s (best of {args.repeats}; each side alone, pinned to the first `threads` cores)",
@@ -512,20 +531,26 @@ def render(args, command, facts, versions, ceiling, cells, names, threads):
         f"[-3, 3], {args.paper_steps} timed steps after {args.warmup}. flowjax: jit step / {SCAN}-step scan per "
         "call. '-': the peer has no such flow. Ours in float32 (tf.function, XLA) and, for nsf_ar_paper, with "
         "`TrainConfig(matmul_dtype='bfloat16')` outside XLA (the hidden products in bfloat16; 'ours best' is the "
-        "float32 best).",
+        "float32 best). With several threads each also with the batch in one shard per thread "
+        "(`TrainConfig(batch_shards=threads)`, the column 'ours, shards': tf.function / XLA, and bf16 for "
+        "nsf_ar_paper); 'ours best' is the best float32 rate with or without shards.",
         "",
-        "| flow | threads | ours (tf.function) | ours (XLA) | ours best | ours bf16 products | flowjax jit/scan | "
-        "zuko | ours best / flowjax best | ours best / zuko |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| flow | threads | ours (tf.function) | ours (XLA) | ours, shards | ours best | ours bf16 products | "
+        "flowjax jit/scan | zuko | ours best / flowjax best | ours best / zuko |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
         for t in threads:
             c = cells[n, t]
-            ours, fj = _best(c["tf_function"], c["xla"]), _best(c["fj_step"], c["fj_scan"])
+            ours = _best(c["tf_function"], c["xla"], c.get("tf_function_shards"), c.get("xla_shards"))
+            fj = _best(c["fj_step"], c["fj_scan"])
             fj_cell = "-" if c["fj_step"] is None and c["fj_scan"] is None else \
                 f"{_fmt(c['fj_step'])} / {_fmt(c['fj_scan'])}"
-            lines.append(f"| {n} | {t} | {_fmt(c['tf_function'])} | {_fmt(c['xla'])} | {_fmt(ours)} | "
-                         f"{_fmt(c.get('bf16'))} | {fj_cell} | {_fmt(c['zuko'])} | {_ratio(ours, fj)} | "
+            shards = "-" if t == 1 else f"{_fmt(c.get('tf_function_shards'))} / {_fmt(c.get('xla_shards'))}" + (
+                f" / {_fmt(c.get('bf16_shards'))}" if n == "nsf_ar_paper" else "")
+            bf16 = _best(c.get("bf16"), c.get("bf16_shards"))
+            lines.append(f"| {n} | {t} | {_fmt(c['tf_function'])} | {_fmt(c['xla'])} | {shards} | {_fmt(ours)} | "
+                         f"{_fmt(bf16)} | {fj_cell} | {_fmt(c['zuko'])} | {_ratio(ours, fj)} | "
                          f"{_ratio(ours, c['zuko'])} |")
     if "nsf_ar_paper" in names:
         g = {s: paper_gflop(s, batch=args.batch) for s in ("ours", "zuko", "flowjax")}
@@ -534,20 +559,27 @@ def render(args, command, facts, versions, ceiling, cells, names, threads):
             f"## nsf_ar_paper: matmul GFLOP/s (2 x batch x sum(fan_in x fan_out) x 3 per step: ours "
             f"{g['ours']:.2f}, zuko {g['zuko']:.2f}, flowjax {g['flowjax']:.2f} GFLOP)",
             "",
-            "| threads | ours best (float32) | ours bf16 products | flowjax best | zuko | ours float32 / float32 "
-            "ceiling | ours bf16 / bfloat16 ceiling | ours bf16 / flowjax best |",
+            "| threads | ours best (float32) | ours best (bf16 products) | flowjax best | zuko | ours float32 / "
+            "float32 ceiling | ours bf16 / bfloat16 ceiling | ours bf16 / flowjax best |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for t in threads:
+        for t in threads:  # the ceilings: one chain on every thread (the issue's), and one chain per thread
             c = cells["nsf_ar_paper", t]
-            ours, fj = _best(c["tf_function"], c["xla"]), _best(c["fj_step"], c["fj_scan"])
+            ours = _best(c["tf_function"], c["xla"], c.get("tf_function_shards"), c.get("xla_shards"))
+            bf = _best(c.get("bf16"), c.get("bf16_shards"))
+            fj = _best(c["fj_step"], c["fj_scan"])
             o = ours * g["ours"] if _num(ours) else None
-            b = c.get("bf16") * g["ours"] if _num(c.get("bf16")) else None
+            b = bf * g["ours"] if _num(bf) else None
             z = c["zuko"] * g["zuko"] if _num(c["zuko"]) else None
             f = fj * g["flowjax"] if _num(fj) else None
             ceil32 = _best(ceiling[t].get("float32"), ceiling[t].get("float32_xla"))
-            lines.append(f"| {t} | {_fmt(o)} | {_fmt(b)} | {_fmt(f)} | {_fmt(z)} | {_ratio(o, ceil32)} | "
-                         f"{_ratio(b, ceiling[t].get('bfloat16'))} | {_ratio(c.get('bf16'), fj)} |")
+
+            def of(x, one, par):
+                return _ratio(x, one) + (f" ({_ratio(x, par)} of one chain per thread)" if _num(par) else "")
+            lines.append(f"| {t} | {_fmt(o)} | {_fmt(b)} | {_fmt(f)} | {_fmt(z)} | "
+                         f"{of(o, ceil32, ceiling[t].get('float32_parallel'))} | "
+                         f"{of(b, ceiling[t].get('bfloat16'), ceiling[t].get('bfloat16_parallel'))} | "
+                         f"{_ratio(bf, fj)} |")
     return "\n".join(lines) + "\n"
 
 
