@@ -695,14 +695,15 @@ def fit(
                       else config.matmul_dtype)
     h.batch_shards = ((h.batch_shards or (1 if resumed else None)) if "batch_shards" in auto
                       else config.batch_shards)
-    if h.batch_shards is None and len(shard_candidates(config, flow, strategy)) == 1:
+    shard_choices = shard_candidates(config, flow, strategy)
+    if h.batch_shards is None and len(shard_choices) == 1:
         h.batch_shards = 1  # one core, several replicas or batch normalisation: nothing to measure
     if None not in (h.jit_compile, h.matmul_dtype, h.batch_shards):
         step_fn = make_call(h.jit_compile, h.matmul_dtype, h.batch_shards)
     else:
         step_fn, h.jit_timing = pick_jit(make_call, batches, state.step + 1, config, strategy, flow, optimizer)
         h.jit_compile, h.matmul_dtype, h.batch_shards = step_fn.jit, step_fn.matmul_dtype, step_fn.shards
-        log(_auto_line(auto, step_fn, h.jit_timing))
+        log(_auto_line(auto, step_fn, h.jit_timing, shard_choices))
     while not state.finished and state.step < config.steps:
         start, last = state.step + 1, _call_end(state.step + 1, per_call, config)
         for step, loss in enumerate(step_fn(batches.fill(start, last - start + 1), last - start + 1, config.seed,
@@ -809,8 +810,9 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
     return calls[chosen], {**timing, "margin": JIT_AUTO_MARGIN}
 
 
-def _auto_line(auto: list, call: "TrainCall", timing: dict) -> str:
-    """The progress line of :func:`pick_jit`'s choice: what was "auto", what it picked, each candidate's ms/step."""
+def _auto_line(auto: list, call: "TrainCall", timing: dict, shard_choices: tuple = (1,)) -> str:
+    """The progress line of :func:`pick_jit`'s choice: what was "auto", what it picked, each candidate's ms/step
+    (``shard_choices``: the ``batch_shards`` values it measured, :func:`shard_candidates`)."""
     picked = []
     if "jit_compile" in auto:
         picked.append("XLA" if call.jit else "no XLA")
@@ -819,7 +821,7 @@ def _auto_line(auto: list, call: "TrainCall", timing: dict) -> str:
     if "batch_shards" in auto:
         picked.append(f"{call.shards} shard{'s' * (call.shards > 1)}")
     names = {}
-    for shards in sorted({1, call.shards, *(int(k.rsplit("_", 1)[1][:-6]) for k in timing if k.endswith("shards"))}):
+    for shards in shard_choices:
         for key, jit, dtype in AUTO_CANDIDATES:
             names[_candidate_key(key, shards)] = (
                 ("" if dtype == "float32" and "matmul_dtype" not in auto else f"{dtype} ")
