@@ -59,6 +59,9 @@ def main(argv=None):
 
     announce(tracking.stage_name("evaluate@" + cell), "evaluating")
     flow, transform, meta = restore(model_dir)
+    # the training run is looked up before anything is written: a model trained against another store stops here
+    run = tracking.Run(run_id=meta["mlflow_run_id"], retrain=f"dvc repro -f train@{cell}") \
+        if meta.get("mlflow_run_id") else None
     metrics = {"flow": args.flow, "dataset": args.dataset,
                **test_scores(flow, splits.test, fd.DATASETS[args.dataset], transform, meta["train"]["eval_batch_size"],
                              seed=meta["seed"] + 2)}
@@ -70,8 +73,7 @@ def main(argv=None):
         tmp.mkdir()
         figures.cell_figures(flow, splits, fd.DATASETS[args.dataset], transform, tmp, seed=meta["seed"])
     write_json(out, metrics)
-    if meta.get("mlflow_run_id"):
-        run = tracking.Run(run_id=meta["mlflow_run_id"])
+    if run is not None:
         model = run.log_flow_model(model_dir, splits.test[:5], tags={"cell": cell, "dataset": args.dataset})
         run.log_metrics({k: metrics[k] for k in SCORES if k in metrics}, model_id=model.model_id)
         run.log_artifacts(fig_dir, "figures")

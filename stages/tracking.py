@@ -119,17 +119,36 @@ class Run:
     """A thin handle on one MLflow run, started fresh or resumed by id."""
 
     @_locked
-    def __init__(self, run_id: str | None = None, name: str | None = None, tags: dict | None = None):
+    def __init__(self, run_id: str | None = None, name: str | None = None, tags: dict | None = None,
+                 retrain: str = ""):
+        """A new run (``name``, ``tags``), or the existing run ``run_id``: a ``StageError`` if the store lacks it
+        (a model trained against another store), whose message ends with ``retrain`` (the command that would
+        make a run here)."""
         self.mlflow = _mlflow()
         self.client = self.mlflow.tracking.MlflowClient()
         if run_id is None:
             run = self.client.create_run(experiment_id(self.mlflow), tags=tags or {}, run_name=name)
             self.run_id = run.info.run_id
         else:
+            self._check_exists(run_id, retrain)
             self.run_id = run_id
             if tags:
                 for k, v in tags.items():
                     self.client.set_tag(run_id, k, v)
+
+    def _check_exists(self, run_id: str, retrain: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            from .common import StageError
+
+            raise StageError(f"MLflow run {run_id} (the training run recorded with the model) is not in the "
+                             f"tracking store {tracking_uri()}: set MLFLOW_TRACKING_URI to the store it was "
+                             f"trained with{', or retrain: ' + retrain if retrain else ''}") from None
 
     @_locked
     def log_params(self, params: dict):

@@ -46,6 +46,7 @@ fs-readonly-processed  prepare.py moons; data/processed is mode 0555            
 fs-readonly-plots      report.py; plots/ is mode 0555 (metrics/ writable)          Permission denied
 fs-parent-is-file      report.py; plots is a file, not a directory                 not a writable directory
 eval-missing-model     evaluate.py --flow maf --dataset moons; no models/maf-moons config.json is missing
+eval-run-elsewhere     evaluate.py ...; trained, then mlflow.db replaced (empty)   is not in the tracking store
 =====================  ==========================================================  ===========================
 """
 
@@ -308,6 +309,17 @@ MINIBOONE = "data/miniboone/data.npy"
 TRAIN = ("stages/train.py", "--flow", "maf", "--dataset", "moons")
 EVAL = ("stages/evaluate.py", "--flow", "maf", "--dataset", "moons")
 
+
+def _trained_against_another_store(repo, server):
+    """models/maf-moons trained for real, then mlflow.db replaced by an empty store: the model's training run is
+    elsewhere (a model fetched with `dvc pull`, or MLFLOW_TRACKING_URI changed since training)."""
+    proc = _stage(repo, *TRAIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (repo / "mlflow.db").unlink()
+    proc = subprocess.run([sys.executable, "-c", "from stages import tracking; tracking.experiment_id(tracking._mlflow())"],
+                          cwd=repo, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (repo / "mlflow.db").exists(), proc.stderr[-3000:]
+
 # id, stage arguments, set-up, expected substrings of the error line, runs privileged (root may ignore modes)
 CASES = [
     ("params-flow-unknown", TRAIN, _set("flow", "nope"), ["flow = 'nope'", "accepted flows"]),
@@ -370,6 +382,8 @@ CASES = [
      ["plots/results.png", "Permission denied"], False),
     ("fs-parent-is-file", ("stages/report.py",), _make_file("plots"), ["plots/results.png", "not a writable directory"]),
     ("eval-missing-model", EVAL, None, ["models/maf-moons/config.json is missing"]),
+    ("eval-run-elsewhere", EVAL, _trained_against_another_store,
+     ["is not in the tracking store sqlite:///", "MLFLOW_TRACKING_URI", "dvc repro -f train@maf-moons"]),
 ]
 
 

@@ -175,7 +175,7 @@ FORMS = ["coupling", "autoregressive"]
 
 
 def _nsf(form, dropout, residual_blocks=1, seed=0, d=3):
-    tf.random.set_seed(seed)
+    set_seed(seed)
     flow = flows.build_flow("nsf", [d], "float64", form=form, num_bins=4, residual_blocks=residual_blocks,
                             dropout=dropout, **SMALL)
     _perturb(flow, 0.3, seed)
