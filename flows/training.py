@@ -8,6 +8,7 @@ All likelihoods are in nats per example unless a name says ``bits_per_dim``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -228,16 +229,26 @@ class Checkpointer:
                 for v in self.variables
             ]
         self.saved = False
+        # one graph call per copy instead of one eager assign per variable (1.65 -> ~0.1 ms for a 5-layer MAF's
+        # 30 variables: it runs at every improving validation)
+        self._save = tf.function(functools.partial(_copy_values, self.module.values, self.variables), autograph=False)
+        self._restore = tf.function(functools.partial(_copy_values, self.variables, self.module.values),
+                                    autograph=False)
 
     def save(self):
-        for dst, src in zip(self.module.values, self.variables):
-            dst.assign(tf.convert_to_tensor(src))
+        self._save()
         self.saved = True
 
     def restore(self):
         if self.saved:
-            for var, val in zip(self.variables, self.module.values):
-                var.assign(val)
+            self._restore()
+
+
+def _copy_values(destinations, sources):
+    """dst := src for each pair (a snapshot: every source is read before any destination is written)."""
+    values = [tf.identity(tf.convert_to_tensor(src)) for src in sources]
+    for dst, value in zip(destinations, values):
+        dst.assign(value)
 
 
 def _progress(line: str):
