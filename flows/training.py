@@ -234,6 +234,9 @@ class Checkpointer:
         self._save = tf.function(functools.partial(_copy_values, self.module.values, self.variables), autograph=False)
         self._restore = tf.function(functools.partial(_copy_values, self.variables, self.module.values),
                                     autograph=False)
+        with tf.init_scope():  # traced now, not at the first save (which falls inside the timed part of a run)
+            self._save.get_concrete_function()
+            self._restore.get_concrete_function()
 
     def save(self):
         self._save()
