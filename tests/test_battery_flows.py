@@ -262,11 +262,11 @@ def test_2d_density_integrates_to_one_and_samples_follow_it(case):
     """The density on a grid over [-24, 24]^2 (cells 0.1 wide) holds all the mass but what lies outside it;
     samples follow it.
 
-    A perturbed flow (planar, or a MoG base) can put a quarter of its mass beyond +-8, hence the wide grid; and
-    as a sampling flow can still put some beyond the grid, the checks
-    compare like with like: the grid's mass plus the fraction of samples outside the grid's box is 1, and the
-    samples inside the box have the grid's mean and covariance (moments of the density truncated to the box).
-    Comparing the full sample covariance with the truncated one fails by chance for heavy-tailed draws.
+    A perturbed flow (planar, or a MoG base) can put a quarter of its mass beyond +-8, hence the wide grid.  A
+    sampling flow can still put some beyond it, so the checks compare like with like: the grid's mass plus the
+    fraction of samples outside the grid's box is 1, and the samples inside the box have the grid's mean and
+    covariance (moments of the density truncated to the box).  Comparing the full sample covariance with the
+    truncated one fails by chance for heavy-tailed draws.
     """
     flow = build(case, "float64", dim=2, seed=3)
     grid, cell = _grid()

@@ -182,8 +182,8 @@ def queue_logs(repo, names) -> str:
                      for n in names)
 
 
-def _stop_queue_workers(repo) -> list[int]:
-    """Kill the process groups of the queue workers still alive (each worker runs in its own group); their pids.
+def _stop_queue_workers(repo) -> None:
+    """Kill the process groups of the queue workers still alive (each worker runs in its own group).
 
     DVC's workers shut themselves down once the queue is empty, but not always: with ``-j 2`` a worker whose
     monitor saw the queue empty while its task still ran logs "shutting down due to empty queue", finishes the task
@@ -193,7 +193,6 @@ def _stop_queue_workers(repo) -> list[int]:
     import os
     import signal
 
-    killed = []
     for state in (repo / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
         info = json.loads(state.read_text())
         if info.get("returncode") is not None or not info.get("pid"):
@@ -202,10 +201,8 @@ def _stop_queue_workers(repo) -> list[int]:
             group = os.getpgid(info["pid"])
             if group != os.getpgrp():  # never this test's own group (a reused pid)
                 os.killpg(group, signal.SIGKILL)
-                killed.append(info["pid"])
         except ProcessLookupError:
             pass
-    return killed
 
 
 def test_queued_experiments_in_parallel(repo, first_repro, tmp_path):
