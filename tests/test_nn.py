@@ -376,3 +376,43 @@ def test_xla_barrier_is_exact_and_the_xla_training_spline_gradient_is_unchanged(
             xla = tf.function(both, jit_compile=True)(x64, p64)
         for a, b in zip(graph, xla):
             np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-11, atol=1e-11)
+
+
+def test_wgrad_chunks_rule():
+    """Kernel gradients in row blocks only where measured faster: fan_in >= 16, fan_out <= 64, rows / 128 blocks."""
+    assert nn.wgrad_chunks(512, 64, 64) == 4 and nn.wgrad_chunks(512, 64, 6) == 4 and nn.wgrad_chunks(256, 64, 12) == 2
+    assert nn.wgrad_chunks(2048, 64, 64) == 8 and nn.wgrad_chunks(390, 64, 64) == 3  # at most 8; blocks divide the rows
+    for rows, fan_in, fan_out in [(512, 6, 64), (512, 256, 256), (128, 64, 64), (None, 64, 64), (385, 64, 64)]:
+        assert nn.wgrad_chunks(rows, fan_in, fan_out) == 1, (rows, fan_in, fan_out)
+
+
+@pytest.mark.parametrize("net", ["mlp_keras", "mlp_numpy", "made"])
+def test_xla_training_chunked_kernel_gradients_equal_the_plain_ones(net):
+    """Under xla_training the conditioners' kernel gradients are sums over row blocks (a batched matmul in the
+    graph); in float64 they equal the plain gradients to rounding, and outside xla_training no block sum is built."""
+    tf.random.set_seed(3)
+    if net == "made":
+        model = nn.MaskedMLP(6, 2, [64, 64], "float64", zero_last=False)
+    else:
+        model = nn.MLP(6, 12, [64, 64], "float64", zero_last=False, backend=net.split("_")[1], seed=1)
+    x = tf.random.normal([512, 6], dtype=tf.float64)
+
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.sin(model(x)))
+        return tape.gradient(loss, model.trainable_variables)
+
+    def traced(xla):
+        fn = tf.function(grads)
+        with nn.xla_training(xla):
+            concrete = fn.get_concrete_function()
+            values = concrete()
+        kinds = {op.type for op in concrete.graph.get_operations()}
+        return values, any(k.startswith("BatchMatMul") for k in kinds)
+
+    plain, plain_blocks = traced(False)
+    chunked, chunked_blocks = traced(True)
+    assert not plain_blocks and chunked_blocks
+    assert len(plain) == len(chunked) == 6
+    for a, b in zip(plain, chunked):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-11)
