@@ -71,8 +71,9 @@ def step_gflop(form: str, residual: bool, d: int = 6, batch: int = 512, bins: in
 
 def step_rate(train, form, residual, jit, matmul_dtype, steps, warm: int = 64, seed=None, details: bool = False,
               batch_shards=1):
-    """Steps/s of the paper RQ-NSF through ``fit`` over ``steps`` steps after ``warm`` (the first validation ends
-    them, so compilation and an "auto" setting's measurement are left out).  ``seed``: ``set_seed`` before the
+    """Steps/s of the paper RQ-NSF through ``fit`` over ``steps`` steps after ``max(warm, steps)`` (the first
+    validation ends them, so compilation and an "auto" setting's measurement are left out; ``fit`` validates at
+    every multiple of ``eval_every``, so a warm-up of at least ``steps`` keeps other validations out of the window).  ``seed``: ``set_seed`` before the
     build; ``details``: also the ``History`` and ``fit``'s log lines; ``batch_shards``: ``TrainConfig``'s (left
     out when 1, so that trees older than the option run too)."""
     import flows
@@ -82,6 +83,7 @@ def step_rate(train, form, residual, jit, matmul_dtype, steps, warm: int = 64, s
         from flows.training import set_seed
         set_seed(seed)
     flow = flows.build_flow("nsf", [6], **hparams(form, residual))
+    warm = max(warm, steps)
     cfg = TrainConfig(steps=warm + steps, batch_size=512, learning_rate=5e-4, eval_every=warm, max_val=512,
                       jit_compile=jit, matmul_dtype=matmul_dtype, steps_per_call=32,
                       **({} if batch_shards == 1 else {"batch_shards": batch_shards}))

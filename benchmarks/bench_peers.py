@@ -44,7 +44,9 @@ each in a child process pinned to the first 1 or 2 of the cores the script may u
 
 * ours: a child of this interpreter (TensorFlow's thread pools are fixed once created), timed through
   :func:`flows.training.fit` itself (validation on 512 rows at the end of the warm-up and at the end; steps/s
-  between the two marks; up to 32 steps per compiled call) with and without XLA (``TrainConfig.jit_compile``),
+  between the two marks; up to 32 steps per compiled call; the warm-up is ``max(--warmup, timed steps)`` steps,
+  :func:`timing_warmup`, so that no other validation falls between the marks: before 2026-12-06 it was
+  ``--warmup`` and ``fit`` validated at every multiple of it, 7 validations inside the window of 200 steps) with and without XLA (``TrainConfig.jit_compile``),
   and for the paper row also with ``TrainConfig.matmul_dtype="bfloat16"`` outside XLA (the column "ours bf16
   products"; "ours best" is float32's); with several threads each of those also with the batch in one shard per
   thread (``TrainConfig.batch_shards``: the shards' ops run at once, one per core; "ours best" includes them);
@@ -91,6 +93,15 @@ PAPER = {"layers": 10, "width": 256, "blocks": 2, "bins": 8, "bound": 3.0}
 SCAN = 32  # steps per call of flowjax's scanned loop
 CEIL_CHAIN, CEIL_M, CEIL_K = 20, 512, 256  # the matmul ceiling: CEIL_CHAIN products [M, K] @ [K, K]
 RESULTS = os.path.join(HERE, "results")
+
+
+def timing_warmup(warmup: int, steps: int) -> int:
+    """Untimed steps before ``steps`` timed ones through ``fit``: ``--warmup``, or ``steps`` if that is more.
+
+    ``fit`` validates at every multiple of ``eval_every`` and at the end; the timed window runs from the validation
+    that ends the warm-up to the last one, so with ``eval_every`` = the warm-up and the warm-up at least ``steps``,
+    no other validation falls inside it (the peers' loops validate nothing)."""
+    return max(int(warmup), int(steps))
 
 
 def paper_gflop(side: str, dim: int = 6, batch: int = BATCH) -> float:
@@ -164,8 +175,9 @@ def tf_child(args):
                                         num_bins=PAPER["bins"], tail_bound=PAPER["bound"], lu_linear=True)
             else:
                 flow = our_flow(args.flow, train.shape[1], LAYERS, HIDDEN)
-            cfg = TrainConfig(steps=args.warmup + steps, batch_size=args.batch, learning_rate=1e-3,
-                              eval_every=args.warmup, clip_norm=5.0, max_val=512, jit_compile=jit, seed=0,
+            warm = timing_warmup(args.warmup, steps)
+            cfg = TrainConfig(steps=warm + steps, batch_size=args.batch, learning_rate=1e-3,
+                              eval_every=warm, clip_norm=5.0, max_val=512, jit_compile=jit, seed=0,
                               matmul_dtype=mm, batch_shards=shards)
             h = fit(flow, train, val, cfg, log=lambda s: None)
             out[key] = (h.step[-1] - h.step[0]) / (h.seconds[-1] - h.seconds[0])

@@ -10,8 +10,9 @@ those two with the batch in one shard per thread (``TrainConfig.batch_shards``),
 ``matmul_dtype`` and ``batch_shards`` "auto" (params-paper.yaml's NSF rows: the row's own choice is printed).  Each
 row builds params-paper.yaml's model (``bench_nsf.hparams``: 10 transforms, 2 residual blocks of 256, 8 bins on
 [-3, 3], LU linear layers) with the tree's ``flows`` and trains it through ``fit`` on the real POWER rows (batch 512,
-32 steps per compiled call); steps/s between the validations at step ``--warmup`` and ``--warmup + --steps``, so
-compilation, and the "auto" row's measurement, are left out.  Rows alternate, so a change in the machine's speed
+32 steps per compiled call); steps/s between the validations at step ``w = max(--warmup, --steps)`` and ``w +
+--steps`` (``bench_nsf.step_rate``: no other validation in between), so compilation, and the "auto" row's
+measurement, are left out.  Rows alternate, so a change in the machine's speed
 hits every setting; compare within a round.  Data: ``data/processed/power`` of this checkout.
 """
 

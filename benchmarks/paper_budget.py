@@ -8,7 +8,8 @@ times the cell's step budget.
 
 For each cell of the paper grid, the flow is built with the cell's hyper-parameters (the flow's section plus the
 data set's overrides, exactly as `dvc repro` does) for the data set's dimension, and trained on standard-normal
-rows of that dimension with the cell's batch size: ``--warmup`` untimed steps, then ``--steps`` timed ones.
+rows of that dimension with the cell's batch size: ``max(--warmup, --steps)`` untimed steps (ours; zuko's are
+``--warmup``), then ``--steps`` timed ones.
 Ours is the real training step of :func:`flows.training.fit` (Adam, cosine annealing, clipping; XLA when the cell
 asks for it). The estimate is ``seconds/step x train.steps``: an upper bound, since early stopping (``patience``)
 usually ends a run sooner, and it leaves out evaluation (every ``eval_every`` steps, on up to ``max_val`` rows).
@@ -62,6 +63,7 @@ def time_ours(cell, warmup, steps):
     t = cell["train"]
     rows = max(20 * t["batch_size"], 4096 if len(shape) == 1 else 256)
     x = np.random.default_rng(0).normal(size=[rows] + shape).astype(np.float32)
+    warmup = max(warmup, steps)  # fit validates at every multiple of eval_every: none inside the timed window
     cfg = TrainConfig(steps=warmup + steps, batch_size=t["batch_size"], learning_rate=t["learning_rate"],
                       clip_norm=t.get("clip_norm", 5.0), eval_every=warmup, max_val=256,
                       jit_compile=bool(t.get("jit_compile", False)), seed=0)

@@ -41,7 +41,7 @@ __all__ = [
     "ACTIVATIONS", "activation", "soft_clamp", "check_hidden_units", "check_positive_int", "alternating_mask",
     "glorot_variable", "made_masks", "matmul_precision", "MLP", "MaskedMLP", "ConvNet", "bounded_log_scale", "permute",
     "MaskSplit", "xla_training", "in_xla_training", "xla_barrier", "Permutation", "Reverse", "BatchNorm",
-    "AffineCoupling", "MaskedAffineCoupling", "Invert",
+    "AffineCoupling", "MaskedAffineCoupling", "Invert", "wgrad_chunks",
 ]
 
 #: hidden activations accepted wherever a flow has an ``activation`` option, by name (each is bitwise the

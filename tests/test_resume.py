@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import flows
-from flows.training import TrainConfig, batch_indices, fit
+from flows.training import BatchSource, TrainConfig, batch_indices, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +117,36 @@ def test_batches_are_a_function_of_seed_and_step():
     np.testing.assert_array_equal(batch_indices(n, bs, 1, 5), batch_indices(n, bs, 1, 5))
     assert not np.array_equal(batch_indices(1000, 50, 1, 1), batch_indices(1000, 50, 2, 1))
 
+
+
+@pytest.mark.parametrize("kind", ["array", "memmap", "image_memmap", "sequence"])
+def test_batch_source_fills_the_rows_of_each_step(kind, tmp_path):
+    # BatchSource.fill gathers ndarrays (memory maps included) with np.take straight into its buffer, anything
+    # else by indexing: either way each batch is train[batch_indices(seed, step)], in the split's dtype
+    rng = np.random.default_rng(0)
+    shape = (50, 4, 3, 2) if kind == "image_memmap" else (50, 3)
+    x = rng.normal(size=shape).astype(np.float64 if kind == "memmap" else np.float32)
+    if kind in ("memmap", "image_memmap"):
+        np.save(tmp_path / "x.npy", x)
+        train = np.load(tmp_path / "x.npy", mmap_mode="r")
+    elif kind == "sequence":
+        class Rows:  # array-like, not an ndarray: fill falls back to train[rows]
+            shape, dtype = x.shape, x.dtype
+
+            def __len__(self):
+                return len(x)
+
+            def __getitem__(self, rows):
+                return x[rows]
+        train = Rows()
+    else:
+        train = x
+    source = BatchSource(train, 8, seed=3, per_call=4)
+    buffer = source.fill(5, 3)  # steps 5, 6, 7 in rows 0..2 (one epoch holds 6 batches: step 7 is in the next)
+    assert buffer.shape == (4, 8) + shape[1:] and buffer.dtype == x.dtype
+    for j, step in enumerate((5, 6, 7)):
+        np.testing.assert_array_equal(buffer[j], x[batch_indices(len(x), 8, 3, step)])
+    assert not np.array_equal(buffer[0], buffer[2])
 
 def test_nan_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     x = np.random.default_rng(0).normal(size=(400, 2)).astype(np.float32)
