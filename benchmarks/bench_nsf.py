@@ -72,10 +72,10 @@ def step_gflop(form: str, residual: bool, d: int = 6, batch: int = 512, bins: in
 def step_rate(train, form, residual, jit, matmul_dtype, steps, warm: int = 64, seed=None, details: bool = False,
               batch_shards=1):
     """Steps/s of the paper RQ-NSF through ``fit`` over ``steps`` steps after ``max(warm, steps)`` (the first
-    validation ends them, so compilation and an "auto" setting's measurement are left out; ``fit`` validates at
-    every multiple of ``eval_every``, so a warm-up of at least ``steps`` keeps other validations out of the window).  ``seed``: ``set_seed`` before the
-    build; ``details``: also the ``History`` and ``fit``'s log lines; ``batch_shards``: ``TrainConfig``'s (left
-    out when 1, so that trees older than the option run too)."""
+    validation ends them, so compilation and an "auto" setting's measurement are left out; ``fit`` validates at every
+    multiple of ``eval_every``, so a warm-up of at least ``steps`` keeps other validations out of the window).
+    ``seed``: ``set_seed`` before the build; ``details``: also the ``History`` and ``fit``'s log lines;
+    ``batch_shards``: ``TrainConfig``'s (left out when 1, so that trees older than the option run too)."""
     import flows
     from flows.training import TrainConfig, fit
 

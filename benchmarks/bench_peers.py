@@ -43,14 +43,14 @@ each in a child process pinned to the first 1 or 2 of the cores the script may u
 ``os.sched_setaffinity``:
 
 * ours: a child of this interpreter (TensorFlow's thread pools are fixed once created), timed through
-  :func:`flows.training.fit` itself (validation on 512 rows at the end of the warm-up and at the end; steps/s
-  between the two marks; up to 32 steps per compiled call; the warm-up is ``max(--warmup, timed steps)`` steps,
-  :func:`timing_warmup`, so that no other validation falls between the marks: before 2026-12-06 it was
-  ``--warmup`` and ``fit`` validated at every multiple of it, 7 validations inside the window of 200 steps) with and without XLA (``TrainConfig.jit_compile``),
-  and for the paper row also with ``TrainConfig.matmul_dtype="bfloat16"`` outside XLA (the column "ours bf16
-  products"; "ours best" is float32's); with several threads each of those also with the batch in one shard per
-  thread (``TrainConfig.batch_shards``: the shards' ops run at once, one per core; "ours best" includes them);
-  intra- and inter-op threads set with ``tf.config.threading``;
+  :func:`flows.training.fit` itself (validation on 512 rows at the end of the warm-up and at the end; steps/s between
+  the two marks; up to 32 steps per compiled call; the warm-up is ``max(--warmup, timed steps)`` steps,
+  :func:`timing_warmup`, so that no other validation falls between the marks: before 2026-12-06 it was ``--warmup``
+  and ``fit`` validated at every multiple of it, 7 validations inside the window of 200 steps) with and without XLA
+  (``TrainConfig.jit_compile``), and for the paper row also with ``TrainConfig.matmul_dtype="bfloat16"`` outside XLA
+  (the column "ours bf16 products"; "ours best" is float32's); with several threads each of those also with the batch
+  in one shard per thread (``TrainConfig.batch_shards``: the shards' ops run at once, one per core; "ours best"
+  includes them); intra- and inter-op threads set with ``tf.config.threading``;
 * zuko: as ``bench_zuko.py`` (``torch.set_num_threads``, fused Adam, ``CosineAnnealingLR``, ``clip_grad_norm_``);
 * flowjax: an ``optax.chain(clip_by_global_norm(5), adam(cosine_decay_schedule(1e-3, steps)))`` loop written with
   ``equinox.filter_jit`` / ``filter_value_and_grad`` over ``dist.log_prob`` (not ``fit_to_data``), timed two

@@ -118,7 +118,6 @@ def test_batches_are_a_function_of_seed_and_step():
     assert not np.array_equal(batch_indices(1000, 50, 1, 1), batch_indices(1000, 50, 2, 1))
 
 
-
 @pytest.mark.parametrize("kind", ["array", "memmap", "image_memmap", "sequence"])
 def test_batch_source_fills_the_rows_of_each_step(kind, tmp_path):
     # BatchSource.fill gathers ndarrays (memory maps included) with np.take straight into its buffer, anything
@@ -147,6 +146,7 @@ def test_batch_source_fills_the_rows_of_each_step(kind, tmp_path):
     for j, step in enumerate((5, 6, 7)):
         np.testing.assert_array_equal(buffer[j], x[batch_indices(len(x), 8, 3, step)])
     assert not np.array_equal(buffer[0], buffer[2])
+
 
 def test_nan_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     x = np.random.default_rng(0).normal(size=(400, 2)).astype(np.float32)
