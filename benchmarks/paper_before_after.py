@@ -8,12 +8,12 @@ Rows, per form (autoregressive, coupling) and round: the old tree with the paper
 float32 products), this tree the same way, this tree with bfloat16 products without XLA, with ``--threads`` above 1
 those two with the batch in one shard per thread (``TrainConfig.batch_shards``), and this tree with ``jit_compile``,
 ``matmul_dtype`` and ``batch_shards`` "auto" (params-paper.yaml's NSF rows: the row's own choice is printed).  Each
-row builds params-paper.yaml's model (``bench_nsf.hparams``: 10 transforms, 2 residual blocks of 256, 8 bins on
-[-3, 3], LU linear layers) with the tree's ``flows`` and trains it through ``fit`` on the real POWER rows (batch 512,
-32 steps per compiled call); steps/s between the validations at step ``w = max(--warmup, --steps)`` and ``w +
---steps`` (``bench_nsf.step_rate``: no other validation in between), so compilation, and the "auto" row's
-measurement, are left out.  Rows alternate, so a change in the machine's speed
-hits every setting; compare within a round.  Data: ``data/processed/power`` of this checkout.
+row builds params-paper.yaml's model (``bench_nsf.hparams``: 10 transforms, 2 residual blocks of 256 (``--plain``: a
+plain 2x256 network instead), 8 bins on [-3, 3], LU linear layers) with the tree's ``flows`` and trains it through
+``fit`` on the real POWER rows (batch 512, 32 steps per compiled call); steps/s between the validations at step ``w =
+max(--warmup, --steps)`` and ``w + --steps`` (``bench_nsf.step_rate``: no other validation in between), so
+compilation, and the "auto" row's measurement, are left out.  Rows alternate, so a change in the machine's speed hits
+every setting; compare within a round.  Data: ``data/processed/power`` of this checkout.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = os.path.abspath(os.path.join(HERE, ".."))
 CHILD = """
 import json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-root, form, jit, mm, shards, threads, warm, steps = json.loads(sys.argv[1])
+root, form, jit, mm, shards, threads, warm, steps, residual = json.loads(sys.argv[1])
 sys.path.insert(0, root)
 sys.path.insert(1, {here!r})
 import numpy as np
@@ -39,7 +39,7 @@ tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(threads)
 import bench_nsf
 train = np.load(os.path.join({data_root!r}, "data", "processed", "power", "train.npy"), mmap_mode="r")
-rate, h, lines = bench_nsf.step_rate(train, form, True, jit, mm, steps, warm=warm, seed=0, details=True,
+rate, h, lines = bench_nsf.step_rate(train, form, residual, jit, mm, steps, warm=warm, seed=0, details=True,
                                     batch_shards=shards)
 print(json.dumps({{"steps_per_s": rate, "jit_as_run": h.jit_compile,
                   "matmul_dtype_as_run": getattr(h, "matmul_dtype", None) or mm,
@@ -56,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=64, help="untimed steps (the first validation ends them)")
     ap.add_argument("--steps", type=int, default=96, help="timed steps")
     ap.add_argument("--forms", default="autoregressive,coupling")
+    ap.add_argument("--plain", action="store_true",
+                    help="plain 2x256 conditioners (MLP / MADE) instead of the paper's 2 residual blocks of 256")
     ap.add_argument("--json", help="also append the rows here, one JSON line each")
     args = ap.parse_args(argv)
     if not os.path.exists(os.path.join(ROOT, "data", "processed", "power", "train.npy")):
@@ -70,7 +72,7 @@ def main(argv=None):
     for rnd in range(1, args.rounds + 1):
         for form in args.forms.split(","):
             for tree, root, jit, mm, shards in settings:
-                spec = json.dumps([root, form, jit, mm, shards, args.threads, args.warmup, args.steps])
+                spec = json.dumps([root, form, jit, mm, shards, args.threads, args.warmup, args.steps, not args.plain])
                 out = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True)
                 try:
                     row = json.loads(out.stdout.strip().splitlines()[-1])
