@@ -3,6 +3,7 @@
     git worktree add /tmp/base a1c2c85          # issue 13's baseline tree
     python benchmarks/paper_before_after.py --old /tmp/base --rounds 2 --threads 1 --json /tmp/ba.jsonl
     python benchmarks/paper_before_after.py --old /tmp/base --rounds 2 --threads 2 --forms autoregressive
+    python benchmarks/paper_before_after.py --old /tmp/base --rounds 4 --threads 2 --forms autoregressive --rows old,new
 
 Rows, per form (autoregressive, coupling) and round: the old tree with the paper pipeline's former setting (XLA,
 float32 products), this tree the same way, this tree with bfloat16 products without XLA, with ``--threads`` above 1
@@ -25,6 +26,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROWS = ("old", "new", "new-bf16", "new-shards", "new-bf16-shards", "auto")  # --rows; "-shards": --threads > 1 only
 ROOT = os.path.abspath(os.path.join(HERE, ".."))
 
 CHILD = """
@@ -59,14 +61,23 @@ def main(argv=None):
     ap.add_argument("--plain", action="store_true",
                     help="plain 2x256 conditioners (MLP / MADE) instead of the paper's 2 residual blocks of 256")
     ap.add_argument("--json", help="also append the rows here, one JSON line each")
+    ap.add_argument("--rows", default=",".join(ROWS),
+                    help=f"which rows, in this order each round (default all: {','.join(ROWS)}; "
+                         "'old,new' compares the trees alone, XLA and float32 both)")
     args = ap.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        ap.error(f"--rows: unknown row(s) {', '.join(unknown) or '(none given)'}; accepted: {', '.join(ROWS)}")
     if not os.path.exists(os.path.join(ROOT, "data", "processed", "power", "train.npy")):
         raise SystemExit("data/processed/power is missing: run `dvc repro prepare@power` first")
-    settings = [("old", os.path.abspath(args.old), True, "float32", 1), ("new", ROOT, True, "float32", 1),
-                ("new", ROOT, False, "bfloat16", 1)]
-    if args.threads > 1:  # the batch in one shard per core (TrainConfig.batch_shards): pays only with several
-        settings += [("new", ROOT, True, "float32", args.threads), ("new", ROOT, False, "bfloat16", args.threads)]
-    settings.append(("new", ROOT, "auto", "auto", "auto"))
+    named = {"old": ("old", os.path.abspath(args.old), True, "float32", 1), "new": ("new", ROOT, True, "float32", 1),
+             "new-bf16": ("new", ROOT, False, "bfloat16", 1),
+             "new-shards": ("new", ROOT, True, "float32", args.threads),
+             "new-bf16-shards": ("new", ROOT, False, "bfloat16", args.threads),
+             "auto": ("new", ROOT, "auto", "auto", "auto")}
+    # the batch in one shard per core (TrainConfig.batch_shards) pays only with several threads
+    settings = [named[r] for r in rows if args.threads > 1 or not r.endswith("-shards")]
     print("| round | form | tree | jit_compile | matmul_dtype | batch_shards | as run | steps/s |\n"
           "|---|---|---|---|---|---|---|---|", flush=True)
     for rnd in range(1, args.rounds + 1):
