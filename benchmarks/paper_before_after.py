@@ -78,6 +78,9 @@ def main(argv=None):
              "auto": ("new", ROOT, "auto", "auto", "auto")}
     # the batch in one shard per core (TrainConfig.batch_shards) pays only with several threads
     settings = [named[r] for r in rows if args.threads > 1 or not r.endswith("-shards")]
+    if not settings:
+        ap.error(f"--rows {args.rows}: the '-shards' rows need --threads above 1; with --threads 1 choose from "
+                 f"{', '.join(r for r in ROWS if not r.endswith('-shards'))}")
     print("| round | form | tree | jit_compile | matmul_dtype | batch_shards | as run | steps/s |\n"
           "|---|---|---|---|---|---|---|---|", flush=True)
     for rnd in range(1, args.rounds + 1):
