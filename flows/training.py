@@ -47,6 +47,8 @@ __all__ = [
     "default_optimizer",
     "fused_adam",
     "pick_jit",
+    "auto_candidates",
+    "choose_candidate",
 ]
 
 #: maps a raw batch to (model-space batch, log|det d model / d raw| per example) -- e.g. dequantise + logit
@@ -752,9 +754,9 @@ def fit(
     return state.history
 
 
-#: the candidates of pick_jit in order of preference: (timing key, XLA, matmul dtype); a later one replaces the
-#: current choice only when clearly faster (JIT_AUTO_MARGIN).  Each is tried unsharded first, then (batch_shards
-#: "auto" or > 1) with the batch in shards, its key then ending in "_<k>shards"
+#: the candidates of pick_jit: (timing key, XLA, matmul dtype); a later one (in :func:`auto_candidates`' order)
+#: replaces the current choice only when clearly faster (JIT_AUTO_MARGIN).  With batch_shards "auto" or > 1 each
+#: is also tried with the batch in shards, its key then ending in "_<k>shards"
 AUTO_CANDIDATES = (("graph", False, "float32"), ("xla", True, "float32"), ("graph_bfloat16", False, "bfloat16"),
                    ("xla_bfloat16", True, "bfloat16"))
 #: the TrainConfig settings that "auto" resolves by a measurement (pick_jit)
@@ -786,11 +788,13 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
     the products' dtype (float32 and bfloat16 where ``matmul_dtype`` is ``"auto"``, else as set) and of the batch's
     shards (:func:`shard_candidates`), built by ``make_call(jit, matmul_dtype, shards)``.  Each runs the run's own
     next ``per_call`` steps: one call each to compile, then ``rounds`` timed calls each, alternating so that a
-    change in the machine's load hits all.  Taken in the order of :data:`AUTO_CANDIDATES` (plain graph, XLA, then
-    bfloat16 products without and with XLA), unsharded first, a candidate replaces the choice so far only when its
-    median is below :data:`JIT_AUTO_MARGIN` times the choice's, so near ties (where the choice could flip from run
-    to run) keep the plainer setting.  Every variable of the flow and the optimizer is put back afterwards, so the
-    run then trains exactly as it would have with the chosen setting from the start.  With several replicas (where
+    change in the machine's load hits all.  Taken in the order of :func:`auto_candidates` (float32 products: plain
+    graph, XLA, then the same with the batch in shards; then bfloat16 products in the same order), a candidate
+    replaces the choice so far only when its median is below :data:`JIT_AUTO_MARGIN` times the choice's
+    (:func:`choose_candidate`), so near ties (where the choice could flip from run to run) keep the plainer
+    setting, and bfloat16 products are kept only when clearly faster than the float32 choice, sharded or not.
+    Every variable of the flow and the optimizer is put back afterwards, so the run then trains exactly as it would
+    have with the chosen setting from the start.  With several replicas (where
     XLA would compile only the loss-and-gradient function) nothing is measured: XLA stays off (unless set),
     products stay float32 (unless set) and the batch is not sharded (unless set).
 
@@ -806,8 +810,7 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
     saved = [v.numpy() for v in variables]
     count = min(batches.buffer.shape[0], config.steps)
     data = batches.fill(first, count)
-    calls = {_candidate_key(key, k): make_call(jit, dtype, k) for k in shards
-             for key, jit, dtype in AUTO_CANDIDATES if jit in jits and dtype in dtypes}
+    calls = {name: make_call(jit, dtype, k) for name, jit, dtype, k in auto_candidates(jits, dtypes, shards)}
     times = {name: [] for name in calls}
     try:
         for name, call in calls.items():  # compile (and a first run)
@@ -821,11 +824,27 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
         for v, value in zip(variables, saved):
             v.assign(value)
     timing = {name: float(np.median(t)) for name, t in times.items()}
-    chosen = next(iter(calls))
-    for name in calls:
-        if timing[name] < JIT_AUTO_MARGIN * timing[chosen]:
+    return calls[choose_candidate(timing, JIT_AUTO_MARGIN)], {**timing, "margin": JIT_AUTO_MARGIN}
+
+
+def auto_candidates(jits, dtypes, shards) -> list:
+    """:func:`pick_jit`'s candidates in order of preference, as (timing key, XLA, matmul dtype, shards): every
+    float32 one before any bfloat16 one; within a dtype the unsharded before the sharded, each in the order of
+    :data:`AUTO_CANDIDATES` (plain graph, then XLA).  XLA and shards change only how float32 sums are rounded, while
+    bfloat16 changes the products themselves, so bfloat16 wins only when clearly faster than the float32 choice,
+    sharded or not."""
+    return [(_candidate_key(key, k), jit, dtype, k) for d in dtypes for k in shards
+            for key, jit, dtype in AUTO_CANDIDATES if dtype == d and jit in jits]
+
+
+def choose_candidate(timing: dict, margin: float) -> str:
+    """The key :func:`pick_jit` keeps from ``timing`` ({key: s/step} in :func:`auto_candidates`' order): the first,
+    replaced by each later one whose time is below ``margin`` times the choice so far."""
+    chosen = next(iter(timing))
+    for name, seconds in timing.items():
+        if seconds < margin * timing[chosen]:
             chosen = name
-    return calls[chosen], {**timing, "margin": JIT_AUTO_MARGIN}
+    return chosen
 
 
 def _auto_line(auto: list, call: "TrainCall", timing: dict, shard_choices: tuple = (1,)) -> str:

@@ -308,6 +308,41 @@ def test_batch_shards_auto_trains_exactly_as_the_setting_it_picks(monkeypatch, m
     assert "ms/step bfloat16 without XLA, 2 shards" in auto[2][0]
 
 
+# pick_jit's own measurements (ms/step) of the paper RQ-NSF (AR) on both cores, all three settings "auto"
+_ZEN3 = {"graph": 122.31, "xla": 113.39, "graph_bfloat16": 142.42, "xla_bfloat16": 105.79,  # AVX2 only, 2026-12-06
+         "graph_2shards": 122.10, "xla_2shards": 101.69, "graph_bfloat16_2shards": 129.46,
+         "xla_bfloat16_2shards": 111.56}
+_ZEN4 = {"graph": 80.2, "xla": 76.6, "graph_bfloat16": 76.0, "xla_bfloat16": 80.4,  # AVX512_BF16, 2026-12-05
+         "graph_2shards": 73.3, "xla_2shards": 71.5, "graph_bfloat16_2shards": 61.1, "xla_bfloat16_2shards": 78.1}
+
+
+def test_auto_candidates_try_every_float32_setting_before_bfloat16():
+    """The order pick_jit measures and chooses in: float32 (graph, XLA, then sharded) before bfloat16 (the same),
+    restricted to the settings that are "auto"."""
+    from flows.training import auto_candidates
+
+    keys = [c[0] for c in auto_candidates((False, True), ("float32", "bfloat16"), (1, 2))]
+    assert keys == ["graph", "xla", "graph_2shards", "xla_2shards",
+                    "graph_bfloat16", "xla_bfloat16", "graph_bfloat16_2shards", "xla_bfloat16_2shards"]
+    assert auto_candidates((True,), ("float32", "bfloat16"), (1,)) == [("xla", True, "float32", 1),
+                                                                     ("xla_bfloat16", True, "bfloat16", 1)]
+    assert auto_candidates((False,), ("bfloat16",), (1, 2)) == [("graph_bfloat16", False, "bfloat16", 1),
+                                                                ("graph_bfloat16_2shards", False, "bfloat16", 2)]
+
+
+@pytest.mark.parametrize("timing, expected", [(_ZEN3, "xla_2shards"), (_ZEN4, "graph_bfloat16_2shards")])
+def test_bfloat16_is_kept_only_when_clearly_faster_than_the_float32_choice(timing, expected):
+    """On the AVX2-only EPYC the bfloat16 XLA call (105.8 ms) was no faster than float32 XLA in 2 shards (101.7):
+    with the sharded float32 candidates measured after bfloat16, the run kept bfloat16 products anyway; float32 now
+    comes first, so it keeps float32.  Where bfloat16 is clearly faster (AVX512_BF16: 61.1 against 71.5) it still
+    wins.  Near ties keep the earlier (plainer) setting: XLA (113.4) is not clearly faster than the graph (122.3)."""
+    from flows.training import JIT_AUTO_MARGIN, auto_candidates, choose_candidate
+
+    order = [c[0] for c in auto_candidates((False, True), ("float32", "bfloat16"), (1, 2))]
+    assert choose_candidate({k: timing[k] for k in order}, JIT_AUTO_MARGIN) == expected
+    assert choose_candidate({k: _ZEN3[k] for k in ("graph", "xla")}, JIT_AUTO_MARGIN) == "graph"
+
+
 def test_batch_shards_auto_measures_nothing_on_one_core_or_with_batch_norm(monkeypatch, tmp_path):
     """One usable core, or a flow with batch normalisation (whose statistics are the batch's): "auto" is 1, with no
     measurement and no progress line; an explicit batch_shards > 1 with batch normalisation is refused in one line
