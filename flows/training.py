@@ -790,13 +790,13 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
     next ``per_call`` steps: one call each to compile, then ``rounds`` timed calls each, alternating so that a
     change in the machine's load hits all.  Taken in the order of :func:`auto_candidates` (float32 products: plain
     graph, XLA, then the same with the batch in shards; then bfloat16 products in the same order), a candidate
-    replaces the choice so far only when its median is below :data:`JIT_AUTO_MARGIN` times the choice's
-    (:func:`choose_candidate`), so near ties (where the choice could flip from run to run) keep the plainer
-    setting, and bfloat16 products are kept only when clearly faster than the float32 choice, sharded or not.
-    Every variable of the flow and the optimizer is put back afterwards, so the run then trains exactly as it would
-    have with the chosen setting from the start.  With several replicas (where
-    XLA would compile only the loss-and-gradient function) nothing is measured: XLA stays off (unless set),
-    products stay float32 (unless set) and the batch is not sharded (unless set).
+    replaces the choice so far only when its median is below :data:`JIT_AUTO_MARGIN` times the choice's, so near
+    ties (where the choice could flip from run to run) keep the plainer setting; bfloat16 products are kept only
+    when below the margin times the fastest float32 candidate, sharded or not (:func:`choose_candidate`).  Every
+    variable of the flow and the optimizer is put back afterwards, so the run then trains exactly as it would have
+    with the chosen setting from the start.  With several replicas (where XLA would compile only the
+    loss-and-gradient function) nothing is measured: XLA stays off (unless set), products stay float32 (unless set)
+    and the batch is not sharded (unless set).
 
     Returns (the chosen :class:`TrainCall`, {candidate key: s/step, ..., "margin": JIT_AUTO_MARGIN}); the keys are
     those of :data:`AUTO_CANDIDATES` (``"graph"`` and ``"xla"``: float32 products), with ``"_<k>shards"`` appended
@@ -824,26 +824,35 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
         for v, value in zip(variables, saved):
             v.assign(value)
     timing = {name: float(np.median(t)) for name, t in times.items()}
-    return calls[choose_candidate(timing, JIT_AUTO_MARGIN)], {**timing, "margin": JIT_AUTO_MARGIN}
+    dtypes_of = {name: dtype for name, _, dtype, _ in auto_candidates(jits, dtypes, shards)}
+    return calls[choose_candidate(timing, dtypes_of, JIT_AUTO_MARGIN)], {**timing, "margin": JIT_AUTO_MARGIN}
 
 
 def auto_candidates(jits, dtypes, shards) -> list:
     """:func:`pick_jit`'s candidates in order of preference, as (timing key, XLA, matmul dtype, shards): every
     float32 one before any bfloat16 one; within a dtype the unsharded before the sharded, each in the order of
-    :data:`AUTO_CANDIDATES` (plain graph, then XLA).  XLA and shards change only how float32 sums are rounded, while
-    bfloat16 changes the products themselves, so bfloat16 wins only when clearly faster than the float32 choice,
-    sharded or not."""
+    :data:`AUTO_CANDIDATES` (plain graph, then XLA).  XLA and shards keep the products float32 (only rounding
+    differs), while bfloat16 changes the products themselves (see :func:`choose_candidate`)."""
     return [(_candidate_key(key, k), jit, dtype, k) for d in dtypes for k in shards
             for key, jit, dtype in AUTO_CANDIDATES if dtype == d and jit in jits]
 
 
-def choose_candidate(timing: dict, margin: float) -> str:
-    """The key :func:`pick_jit` keeps from ``timing`` ({key: s/step} in :func:`auto_candidates`' order): the first,
-    replaced by each later one whose time is below ``margin`` times the choice so far."""
-    chosen = next(iter(timing))
-    for name, seconds in timing.items():
-        if seconds < margin * timing[chosen]:
-            chosen = name
+def choose_candidate(timing: dict, dtypes: dict, margin: float) -> str:
+    """The key :func:`pick_jit` keeps from ``timing`` ({key: s/step} in :func:`auto_candidates`' order; ``dtypes``:
+    {key: its products' dtype}).  Among the candidates of one dtype: the first, replaced by each later one whose
+    time is below ``margin`` times the choice so far (near ties keep the plainer setting).  A later dtype's choice
+    (bfloat16's) then replaces the earlier one only when its time is below ``margin`` times the fastest of every
+    earlier dtype's candidates, chosen or not: bfloat16 products only when clearly faster than any float32 call."""
+    chosen, fastest = None, math.inf  # the choice so far; the fastest time of the dtypes before the current one
+    for dtype in dict.fromkeys(dtypes[name] for name in timing):
+        names = [name for name in timing if dtypes[name] == dtype]
+        best = names[0]
+        for name in names:
+            if timing[name] < margin * timing[best]:
+                best = name
+        if chosen is None or timing[best] < margin * fastest:
+            chosen = best
+        fastest = min(fastest, *(timing[name] for name in names))
     return chosen
 
 
