@@ -810,7 +810,8 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
     saved = [v.numpy() for v in variables]
     count = min(batches.buffer.shape[0], config.steps)
     data = batches.fill(first, count)
-    calls = {name: make_call(jit, dtype, k) for name, jit, dtype, k in auto_candidates(jits, dtypes, shards)}
+    candidates = auto_candidates(jits, dtypes, shards)
+    calls = {name: make_call(jit, dtype, k) for name, jit, dtype, k in candidates}
     times = {name: [] for name in calls}
     try:
         for name, call in calls.items():  # compile (and a first run)
@@ -824,7 +825,7 @@ def pick_jit(make_call, batches: BatchSource, first: int, config: TrainConfig, s
         for v, value in zip(variables, saved):
             v.assign(value)
     timing = {name: float(np.median(t)) for name, t in times.items()}
-    dtypes_of = {name: dtype for name, _, dtype, _ in auto_candidates(jits, dtypes, shards)}
+    dtypes_of = {name: dtype for name, _, dtype, _ in candidates}
     return calls[choose_candidate(timing, dtypes_of, JIT_AUTO_MARGIN)], {**timing, "margin": JIT_AUTO_MARGIN}
 
 
