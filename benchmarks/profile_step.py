@@ -5,6 +5,7 @@ call, XLA's own per-kernel events (``--xla_cpu_enable_xprof_traceme``), summed b
     python benchmarks/profile_step.py maf --top 30 --threads 1
     python benchmarks/profile_step.py nsf_ar_paper          # the NSF paper's RQ-NSF for POWER (bench_nsf.hparams)
     python benchmarks/profile_step.py nsf_ar_paper --no-xla --matmul-dtype bfloat16   # ms/step only (see below)
+    python benchmarks/profile_step.py nsf_ar_paper --threads 2 --shards 2 --no-profile  # TrainConfig.batch_shards
 
 What runs: :class:`flows.training.TrainCall` (the call ``fit`` compiles: 32 steps in one ``tf.while_loop``, Adam
 with cosine decay, clipping at 5) on 32 batches of 512 real POWER rows, with ``jit_compile=True``, after two untimed
@@ -57,6 +58,8 @@ def main(argv=None):
                     help="profile the plain tf.function call instead (TensorFlow ops, summed by op type)")
     ap.add_argument("--matmul-dtype", default="float32", choices=["float32", "bfloat16"],
                     help="TrainConfig.matmul_dtype of the call (bfloat16: the conditioners' hidden products)")
+    ap.add_argument("--shards", type=int, default=1, help="TrainConfig.batch_shards of the call")
+    ap.add_argument("--no-profile", dest="profile", action="store_false", help="print ms/step only")
     args = ap.parse_args(argv)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_xprof_traceme" not in flags:
@@ -92,12 +95,15 @@ def main(argv=None):
     opt = (keras.optimizers.Adam(schedule, global_clipnorm=5.0) if args.xla
            else fused_adam(learning_rate=schedule, global_clipnorm=5.0))  # the optimizers fit uses in each mode
     call = TrainCall(flow, opt, lambda b, s: (b, tf.zeros([], b.dtype)), tf.distribute.get_strategy(), batch,
-                     per_call, jit=args.xla, matmul_dtype=args.matmul_dtype)
+                     per_call, jit=args.xla, matmul_dtype=args.matmul_dtype,
+                     shards=args.shards)
     call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)
     best = min(_timed(call, batches, per_call) for _ in range(5))
-    mode = ("XLA" if args.xla else "tf.function") + f", {args.matmul_dtype} products"
+    mode = ("XLA" if args.xla else "tf.function") + f", {args.matmul_dtype} products, {args.shards} shard(s)"
     print(f"{args.flow} ({mode}): {best * 1e3:.3f} ms/step ({1 / best:.1f} steps/s) without the profiler, "
           f"{args.threads} thread(s)")
+    if not args.profile:
+        return
     if not args.xla:  # TensorFlow 2.21's profiler records no per-op events for a function's executor on CPU
         print("(no per-kernel table outside XLA: the profiler records the function's executor, not its ops)")
         return
