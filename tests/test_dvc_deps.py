@@ -176,6 +176,55 @@ def test_static_closure_contains_what_module_level_imports_load(tmp_path):
         assert loaded - {script.resolve()} <= static, (script, sorted(map(str, loaded - static)))
 
 
+# --------------------------------------------------------------------------------------- the committed dvc.lock
+def lock_disagreements(lock: dict) -> list[str]:
+    """Where a dvc.lock contradicts itself: a dep that is another stage's output but records another hash, or a
+    directory dep holding other stages' outputs whose file count or size is not theirs summed (a dep re-hashed from
+    a workspace that lacked some of them)."""
+    outs = {o["path"]: o for body in lock["stages"].values() for o in body.get("outs", [])}
+    found = []
+    for stage, body in lock["stages"].items():
+        for dep in body.get("deps", []):
+            path = dep["path"]
+            if path in outs:
+                if outs[path].get("md5") != dep.get("md5"):
+                    found.append(f"{stage}: dep {path} has md5 {dep.get('md5')}, its stage's output "
+                                 f"{outs[path].get('md5')}")
+                continue
+            inside = [o for p, o in outs.items() if p.startswith(path.rstrip("/") + "/")]
+            if inside and "nfiles" in dep:
+                files, size = sum(o.get("nfiles", 1) for o in inside), sum(o["size"] for o in inside)
+                if (dep["nfiles"], dep["size"]) != (files, size):
+                    found.append(f"{stage}: dep {path} records {dep['nfiles']} files, {dep['size']} bytes; the "
+                                 f"{len(inside)} stage outputs inside it are {files} files, {size} bytes")
+    return found
+
+
+def test_committed_default_lock_agrees_with_itself():
+    """The default pipeline's dvc.lock is kept current (a clean clone's `dvc repro` ends with a clean `dvc status`),
+    so each dep on other stages' outputs must record those outputs as the lock does: a lock re-hashed from a
+    partial workspace (d72bc35: `data/processed` as POWER alone) would make `dvc status` report a change on every
+    machine that has all three sets prepared."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    assert not lock_disagreements(lock), "dvc.lock:\n" + "\n".join(lock_disagreements(lock))
+
+
+def test_lock_disagreements_finds_a_partial_rehash():
+    lock = {"stages": {
+        "prepare@a": {"outs": [{"path": "data/processed/a", "md5": "1.dir", "size": 10, "nfiles": 2}]},
+        "prepare@b": {"outs": [{"path": "data/processed/b", "md5": "2.dir", "size": 5, "nfiles": 1}]},
+        "train": {"deps": [{"path": "data/processed/a", "md5": "1.dir", "size": 10, "nfiles": 2}],
+                  "outs": [{"path": "models/a", "md5": "3.dir", "size": 7, "nfiles": 3}]},
+        "overview": {"deps": [{"path": "data/processed", "md5": "4.dir", "size": 15, "nfiles": 3},
+                              {"path": "models", "md5": "5.dir", "size": 7, "nfiles": 3}]}}}
+    assert lock_disagreements(lock) == []
+    lock["stages"]["overview"]["deps"][0].update(size=10, nfiles=2)  # hashed with data/processed/b missing
+    lock["stages"]["train"]["deps"][0]["md5"] = "9.dir"  # a dep on an output that the output's stage disowns
+    found = lock_disagreements(lock)
+    assert len(found) == 2 and found[0].startswith("train: dep data/processed/a has md5 9.dir")
+    assert "overview: dep data/processed records 2 files, 10 bytes" in found[1] and "3 files, 15 bytes" in found[1]
+
+
 # --------------------------------------------------------------------------------------- dvc status in a copy
 def run(repo: Path, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(cmd), cwd=repo, env=stage_env(git_identity=True), capture_output=True, text=True,
