@@ -95,8 +95,7 @@ def main(argv=None):
     opt = (keras.optimizers.Adam(schedule, global_clipnorm=5.0) if args.xla
            else fused_adam(learning_rate=schedule, global_clipnorm=5.0))  # the optimizers fit uses in each mode
     call = TrainCall(flow, opt, lambda b, s: (b, tf.zeros([], b.dtype)), tf.distribute.get_strategy(), batch,
-                     per_call, jit=args.xla, matmul_dtype=args.matmul_dtype,
-                     shards=args.shards)
+                     per_call, jit=args.xla, matmul_dtype=args.matmul_dtype, shards=args.shards)
     call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)
     best = min(_timed(call, batches, per_call) for _ in range(5))
     mode = ("XLA" if args.xla else "tf.function") + f", {args.matmul_dtype} products, {args.shards} shard(s)"
