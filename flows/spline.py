@@ -52,18 +52,11 @@ def _constrain(w, h, s, k, tail_bound):
 def _bin_parts(params, num_bins: int, tail_bound: float):
     """Per bin, ``[..., K]`` each: left x knot, width, left y knot, height, left and right knot derivatives.
 
-    Inside an XLA training call (:func:`flows.nn.in_xla_training`): :func:`spline_knots`, cumulative sums and
-    slices (XLA fuses them).  Elsewhere the same values from ops that are cheap op by op: a split instead of
-    slices (whose gradients are full-size scatters), the knots as one product with a triangular matrix instead of
-    ``tf.cumsum`` (slow on small axes, and so is its gradient), the derivatives of both ends built directly."""
+    From ops that are cheap op by op: a split instead of slices (whose gradients are full-size scatters), the knots
+    as one product with a triangular matrix instead of ``tf.cumsum`` (slow on small axes, and so is its gradient),
+    the derivatives of both ends built directly."""
     k = int(num_bins)
     bound = tf.constant(tail_bound, params.dtype)
-    if in_xla_training():
-        widths, heights, derivs = spline_knots(params, k, tail_bound)
-        zero = tf.zeros_like(widths[..., :1])
-        cum_w = tf.concat([zero, tf.cumsum(widths, axis=-1)], axis=-1) - bound  # x knots, -B .. B
-        cum_h = tf.concat([zero, tf.cumsum(heights, axis=-1)], axis=-1) - bound  # y knots
-        return cum_w[..., :-1], widths, cum_h[..., :-1], heights, derivs[..., :-1], derivs[..., 1:]
     widths, heights, interior = _constrain(*tf.split(params, [k, k, k - 1], axis=-1), k, tail_bound)
     ones = tf.ones_like(interior[..., :1])
     return (_exclusive_cumsum(widths) - bound, widths, _exclusive_cumsum(heights) - bound, heights,
@@ -87,48 +80,11 @@ def _bin(values, left, num_bins):
 
 def _pick(onehot, table):
     """``table``'s entry in the bin of ``onehot``: ``sum(onehot * table)`` over the last axis."""
-    if in_xla_training():
-        return _pick_xla(onehot, table)
     return tf.reduce_sum(onehot * table, axis=-1)
 
 
-@tf.custom_gradient
-def _pick_xla(onehot, table):
-    """:func:`_pick` with its gradient ``onehot * g`` read from a materialised ``g``: left alone, XLA fuses the whole
-    spline's elementwise gradient chain into the ``[..., K]`` products and recomputes it for every bin."""
-
-    def grad(g):
-        return None, onehot * xla_barrier(g)[..., None]
-
-    return tf.reduce_sum(onehot * table, axis=-1), grad
-
-
-def rqs(inputs, params, num_bins: int, tail_bound: float, inverse: bool = False):
-    """Monotonic rational-quadratic spline (NSF), elementwise: ``(outputs, log|d outputs / d inputs|)``.
-
-    "Neural Spline Flows", C. Durkan, A. Bekasov, I. Murray, G. Papamakarios, 2019,
-    https://arxiv.org/abs/1906.04032 (eq. 4, appendix A)
-
-    ``K`` bins on ``[-B, B]`` from :func:`spline_knots`; identity (log-det 0) outside.  In bin ``k`` with
-    ``xi = (x - x_k) / w_k``, ``s_k = h_k / w_k`` and knot derivatives ``d_k, d_{k+1}``:
-
-        y  = y_k + h_k [s_k xi^2 + d_k xi (1 - xi)] / [s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)],
-        dy/dx = s_k^2 [d_{k+1} xi^2 + 2 s_k xi (1 - xi) + d_k (1 - xi)^2] / [s_k + (...) xi (1 - xi)]^2,
-
-    and the inverse is the root ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` of a quadratic (appendix A).
-    Inputs are clipped into ``[-B, B]`` before the spline, so values and gradients stay finite for any input
-    (``|x| = 1e4`` included); bins are found by comparison and one-hot selection (no gather).
-    ``params[..., 3K-1]`` has one more axis than ``inputs``.
-    """
-    dtype = inputs.dtype
-    bound = tf.constant(tail_bound, dtype)
-    x_left, widths, y_left, heights, d_left, d_right = _bin_parts(params, num_bins, tail_bound)
-    inside = tf.abs(inputs) < bound
-    v = tf.clip_by_value(inputs, -bound, bound)
-    onehot = _bin(v, y_left if inverse else x_left, num_bins)
-    x_k, w_k = _pick(onehot, x_left), _pick(onehot, widths)
-    y_k, h_k = _pick(onehot, y_left), _pick(onehot, heights)
-    d_k, d_k1 = _pick(onehot, d_left), _pick(onehot, d_right)
+def _in_bin(v, x_k, w_k, y_k, h_k, d_k, d_k1, inverse):
+    """The spline inside one bin, elementwise (the formulas of :func:`rqs`): ``(outputs, log|d outputs / d v|)``."""
     s_k = h_k / w_k
     sum_d = d_k1 + d_k - 2 * s_k
     if inverse:
@@ -146,8 +102,109 @@ def rqs(inputs, params, num_bins: int, tail_bound: float, inverse: bool = False)
     denom = s_k + sum_d * xi1
     log_dy_dx = (2 * tf.math.log(s_k) + tf.math.log(d_k1 * xi * xi + 2 * s_k * xi1 + d_k * (1 - xi) ** 2)
                  - 2 * tf.math.log(denom))
-    ldj = -log_dy_dx if inverse else log_dy_dx
+    return out, (-log_dy_dx if inverse else log_dy_dx)
+
+
+def rqs(inputs, params, num_bins: int, tail_bound: float, inverse: bool = False):
+    """Monotonic rational-quadratic spline (NSF), elementwise: ``(outputs, log|d outputs / d inputs|)``.
+
+    "Neural Spline Flows", C. Durkan, A. Bekasov, I. Murray, G. Papamakarios, 2019,
+    https://arxiv.org/abs/1906.04032 (eq. 4, appendix A)
+
+    ``K`` bins on ``[-B, B]`` from :func:`spline_knots`; identity (log-det 0) outside.  In bin ``k`` with
+    ``xi = (x - x_k) / w_k``, ``s_k = h_k / w_k`` and knot derivatives ``d_k, d_{k+1}``:
+
+        y  = y_k + h_k [s_k xi^2 + d_k xi (1 - xi)] / [s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)],
+        dy/dx = s_k^2 [d_{k+1} xi^2 + 2 s_k xi (1 - xi) + d_k (1 - xi)^2] / [s_k + (...) xi (1 - xi)]^2,
+
+    and the inverse is the root ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` of a quadratic (appendix A).
+    Inputs are clipped into ``[-B, B]`` before the spline, so values and gradients stay finite for any input
+    (``|x| = 1e4`` included); bins are found by comparison and one-hot selection (no gather).
+    ``params[..., 3K-1]`` has one more axis than ``inputs``.  Inside a training call that XLA compiles
+    (:func:`flows.nn.in_xla_training`) the same spline runs as :func:`_rqs_rows`.
+    """
+    if in_xla_training():
+        return _rqs_rows(inputs, params, num_bins, tail_bound, inverse)
+    bound = tf.constant(tail_bound, inputs.dtype)
+    x_left, widths, y_left, heights, d_left, d_right = _bin_parts(params, num_bins, tail_bound)
+    inside = tf.abs(inputs) < bound
+    v = tf.clip_by_value(inputs, -bound, bound)
+    onehot = _bin(v, y_left if inverse else x_left, num_bins)
+    out, ldj = _in_bin(v, *(_pick(onehot, t) for t in (x_left, widths, y_left, heights, d_left, d_right)), inverse)
     return tf.where(inside, out, inputs), tf.where(inside, ldj, tf.zeros_like(ldj))
+
+
+def _rqs_rows(inputs, params, num_bins: int, tail_bound: float, inverse: bool):
+    """:func:`rqs` for XLA's CPU backend: the ``n`` values' parameters as rows (``[3K-1, n]``), a written gradient.
+
+    XLA's CPU loops are fast over long contiguous rows and slow over a short last axis (``[..., K]``: scalar code
+    with index arithmetic per element), and left to autodiff it fuses the spline's gradient into every consumer
+    and recomputes it.  Here every per-bin op works on whole rows, the exclusive sums of the knots are unrolled
+    row additions, and the gradient is written out: the in-bin formulas' gradient (autodiff on ``[1, n]`` rows),
+    materialised once (:func:`flows.nn.xla_barrier`), then sent to the bins directly, using that the one-hot
+    selection picks bin ``b``: a knot's position ``x_b = sum_{j<b} w_j`` passes its gradient to the widths of the
+    bins left of ``b``, the softmax and softplus gradients follow in closed form.  Same values as :func:`rqs` to
+    rounding (``tests/test_nn.py`` checks both directions and gradients to 1e-11 in float64).
+    """
+    k, dtype = int(num_bins), inputs.dtype
+    bound = tf.constant(tail_bound, dtype)
+    scale = tf.constant(2.0 * tail_bound - k * MIN_BIN, dtype)
+    shift = tf.constant(math.log(math.expm1(1.0 - MIN_SLOPE)), dtype)  # as in _constrain
+    bins = tf.range(k)[:, None]
+
+    def softmax_rows(t):
+        e = tf.exp(t - tf.reduce_max(t, axis=0, keepdims=True))
+        return e / tf.reduce_sum(e, axis=0, keepdims=True)
+
+    def exclusive_sums(rows, zeros):  # x_0 + ... + x_{i-1}, summed in index order like _exclusive_cumsum
+        acc, out = None, [zeros]
+        for i in range(k - 1):
+            acc = rows[i:i + 1] if acc is None else acc + rows[i:i + 1]
+            out.append(acc)
+        return tf.concat(out, axis=0)
+
+    @tf.custom_gradient
+    def spline(x, t):  # x [1, n], t [3K-1, n]
+        zeros, ones = tf.zeros_like(x), tf.ones_like(x)
+        s_w, s_h = softmax_rows(t[:k]), softmax_rows(t[k:2 * k])
+        widths = s_w * scale + tf.constant(MIN_BIN, dtype)
+        heights = s_h * scale + tf.constant(MIN_BIN, dtype)
+        interior = tf.nn.softplus(t[2 * k:] + shift) + tf.constant(MIN_SLOPE, dtype)
+        x_left, y_left = exclusive_sums(widths, zeros) - bound, exclusive_sums(heights, zeros) - bound
+        d_left, d_right = tf.concat([ones, interior], axis=0), tf.concat([interior, ones], axis=0)
+        inside = tf.abs(x) < bound
+        v = tf.clip_by_value(x, -bound, bound)
+        b = tf.reduce_sum(tf.cast(v >= (y_left if inverse else x_left)[1:], tf.int32), axis=0, keepdims=True)
+        onehot = tf.cast(tf.equal(bins, b), dtype)
+        picked = [tf.reduce_sum(onehot * table, axis=0, keepdims=True)
+                  for table in (x_left, widths, y_left, heights, d_left, d_right)]
+        out, ldj = _in_bin(v, *picked, inverse)
+
+        def grad(g_out, g_ldj):
+            g_out = zeros if g_out is None else g_out
+            g_ldj = zeros if g_ldj is None else g_ldj
+            with tf.GradientTape() as tape:
+                tape.watch([v] + picked)
+                again = _in_bin(v, *picked, inverse)
+            g_v, *g_picked = tape.gradient(again, [v] + picked, output_gradients=[g_out, g_ldj])
+            g_x = tf.where(inside, g_v, g_out)  # outside: the identity; inside: through the clip
+            g_x, g_xk, g_wk, g_yk, g_hk, g_dk, g_dk1 = tf.unstack(xla_barrier(tf.stack(
+                [g_x] + [tf.where(inside, g, zeros) for g in g_picked], axis=-1)), axis=-1)
+            at, left_of = tf.equal(bins, b), bins < b  # bin b itself; the bins whose widths sum to x_b
+            zero = tf.zeros_like(widths)
+            g_w = tf.where(at, g_wk, zero) + tf.where(left_of, g_xk, zero)
+            g_h = tf.where(at, g_hk, zero) + tf.where(left_of, g_yk, zero)
+            g_int = (tf.where(at[1:], g_dk, zero[1:])  # d_b = interior[b - 1]
+                     + tf.where(at[:-1], g_dk1, zero[1:]))  # d_{b+1} = interior[b]
+            return g_x, tf.concat([scale * s_w * (g_w - tf.reduce_sum(s_w * g_w, axis=0, keepdims=True)),
+                                   scale * s_h * (g_h - tf.reduce_sum(s_h * g_h, axis=0, keepdims=True)),
+                                   g_int * tf.sigmoid(t[2 * k:] + shift)], axis=0)
+
+        return (tf.where(inside, out, x), tf.where(inside, ldj, zeros)), grad
+
+    shape = tf.shape(inputs)
+    out, ldj = spline(tf.reshape(inputs, [1, -1]), tf.transpose(tf.reshape(params, [-1, 3 * k - 1])))
+    return tf.reshape(out, shape), tf.reshape(ldj, shape)
 
 
 class RQSBijectorFn(tf.Module):

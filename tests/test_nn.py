@@ -378,6 +378,46 @@ def test_xla_barrier_is_exact_and_the_xla_training_spline_gradient_is_unchanged(
             np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+def test_xla_training_spline_agrees_at_knots_bounds_and_far_outside(inverse):
+    """The XLA training form of the spline (bins as rows, a written gradient) against the plain graph form, float64:
+    inputs exactly on the knots (where the bin changes), on and just inside +-B, far outside, and a batch of 1."""
+    from flows.spline import rqs, spline_knots
+
+    k, bound = 8, 3.0
+    params = tf.constant(np.random.default_rng(2).normal(size=(5, 4, 3 * k - 1)) * 1.5, tf.float64)
+    widths, heights, _ = spline_knots(params, k, bound)
+    knots = np.cumsum((heights if inverse else widths).numpy(), axis=-1) - bound  # right edges of bins 0..K-1
+    pick = np.random.default_rng(3).integers(0, k - 1, size=(5, 4))
+    x = np.take_along_axis(knots, pick[..., None], axis=-1)[..., 0]  # interior knots: each a bin's left edge
+    x[0] = [bound, -bound, bound - 1e-12, -bound + 1e-12]
+    x[1] = [1e4, -1e4, 0.0, knots[1, 3, 5]]
+    x = tf.constant(x, tf.float64)
+    # log|dy/dx| is continuous at a knot but its slope jumps there, and the two forms may round a knot to either
+    # side of an input placed on it: the knot inputs' log-determinants enter the loss as values only
+    on_knot = np.ones((5, 4))
+    on_knot[2:] = on_knot[1, 3] = 0.0
+
+    def both(x, params):
+        with tf.GradientTape() as tape:
+            tape.watch([x, params])
+            y, ldj = rqs(x, params, k, bound, inverse=inverse)
+            loss = (tf.reduce_sum(tf.sin(y) * tf.range(1.0, 5.0, dtype=tf.float64))
+                    + tf.reduce_sum(ldj ** 2 * tf.constant(on_knot)[:tf.shape(x)[0]]))
+        return [y, ldj] + tape.gradient(loss, [x, params])
+
+    graph = tf.function(both)(x, params)
+    with nn.xla_training():
+        xla = tf.function(both, jit_compile=True)(x, params)
+        one = tf.function(both, jit_compile=True)(x[:1], params[:1])
+    for a, b, c in zip(graph, xla, one):  # values, log-determinants, and both gradients
+        assert np.all(np.isfinite(b.numpy()))
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(c.numpy(), a.numpy()[:1], rtol=1e-11, atol=1e-11)
+    np.testing.assert_array_equal(xla[0].numpy()[1, :2], [1e4, -1e4])  # the identity outside [-B, B]
+    np.testing.assert_array_equal(xla[2].numpy()[1, :2], np.cos([1e4, -1e4]) * [1.0, 2.0])
+
+
 def test_wgrad_chunks_rule():
     """Kernel gradients in row blocks only where measured faster: fan_in >= 16, fan_out <= 64, rows / 128 blocks."""
     assert nn.wgrad_chunks(512, 64, 64) == 4 and nn.wgrad_chunks(512, 64, 6) == 4 and nn.wgrad_chunks(256, 64, 12) == 2
