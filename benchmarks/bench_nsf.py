@@ -33,12 +33,14 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 POWER = os.path.join(ROOT, "data", "processed", "power")
 
 
-def ceiling(threads: int, reps: int = 30) -> dict:
+def ceiling(threads: int, reps: int = 30, dtypes=("float32", "bfloat16")) -> dict:
+    """GFLOP/s of the chain, per ``{graph,xla}_{dtype}``, in the caller's thread settings (``threads``: the caller's
+    count, for the record)."""
     import tensorflow as tf
 
     out = {}
     for jit in (False, True):
-        for dt in (tf.float32, tf.bfloat16):
+        for dt in map(tf.as_dtype, dtypes):
             x = tf.cast(tf.random.normal([512, 256]), dt)
             ws = [tf.cast(tf.random.normal([256, 256]) * 0.06, dt) for _ in range(20)]
 

@@ -6,6 +6,8 @@ call, XLA's own per-kernel events (``--xla_cpu_enable_xprof_traceme``), summed b
     python benchmarks/profile_step.py nsf_ar_paper          # the NSF paper's RQ-NSF for POWER (bench_nsf.hparams)
     python benchmarks/profile_step.py nsf_ar_paper --no-xla --matmul-dtype bfloat16   # ms/step only (see below)
     python benchmarks/profile_step.py nsf_ar_paper --threads 2 --shards 2 --no-profile  # TrainConfig.batch_shards
+    python benchmarks/profile_step.py nsf_ar_paper --threads 2 --ceiling 8   # vs the matmul ceiling, alternating
+    python benchmarks/profile_step.py nsf_c_paper --plain --no-xla --threads 2 --ceiling 8
 
 What runs: :class:`flows.training.TrainCall` (the call ``fit`` compiles: 32 steps in one ``tf.while_loop``, Adam
 with cosine decay, clipping at 5) on 32 batches of 512 real POWER rows, with ``jit_compile=True``, after two untimed
@@ -60,6 +62,12 @@ def main(argv=None):
                     help="TrainConfig.matmul_dtype of the call (bfloat16: the conditioners' hidden products)")
     ap.add_argument("--shards", type=int, default=1, help="TrainConfig.batch_shards of the call")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="print ms/step only")
+    ap.add_argument("--plain", action="store_true",
+                    help="paper shapes only: the plain 2 x 256 conditioner instead of the residual one")
+    ap.add_argument("--ceiling", type=int, default=0, metavar="ROUNDS",
+                    help="paper shapes only: ROUNDS rounds alternating the matmul ceiling (bench_nsf.ceiling's chain, "
+                         "graph and XLA, float32) and one timed call, in this process; prints each round's ratio of "
+                         "the step's matrix GFLOP/s to the better ceiling, then stops")
     args = ap.parse_args(argv)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_xprof_traceme" not in flags:
@@ -84,7 +92,7 @@ def main(argv=None):
         from bench_nsf import hparams
 
         form = "autoregressive" if args.flow == "nsf_ar_paper" else "coupling"
-        flow = flows.build_flow("nsf", [6], **hparams(form, residual=True))
+        flow = flows.build_flow("nsf", [6], **hparams(form, residual=not args.plain))
     else:
         flow = our_flow(args.flow, 6, 5, 64)
     train = np.load(os.path.join(POWER, "train.npy"), mmap_mode="r")
@@ -97,6 +105,10 @@ def main(argv=None):
     call = TrainCall(flow, opt, lambda b, s: (b, tf.zeros([], b.dtype)), tf.distribute.get_strategy(), batch,
                      per_call, jit=args.xla, matmul_dtype=args.matmul_dtype, shards=args.shards)
     call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)
+    if args.ceiling:
+        if not args.flow.endswith("_paper"):
+            ap.error("--ceiling: the paper shapes only (nsf_ar_paper, nsf_c_paper)")
+        return _against_ceiling(call, batches, per_call, form, not args.plain, args.ceiling, args.threads)
     best = min(_timed(call, batches, per_call) for _ in range(5))
     mode = ("XLA" if args.xla else "tf.function") + f", {args.matmul_dtype} products, {args.shards} shard(s)"
     print(f"{args.flow} ({mode}): {best * 1e3:.3f} ms/step ({1 / best:.1f} steps/s) without the profiler, "
@@ -132,6 +144,30 @@ def main(argv=None):
     print("| us/step | kernels/step | kind |\n|---|---|---|")
     for kind, us in total.most_common(args.top):
         print(f"| {us / steps:.1f} | {count[kind] / steps:.0f} | {kind} |")
+
+
+def _against_ceiling(call, batches, per_call, form, residual, rounds, threads):
+    """Each round: the float32 chain's GFLOP/s (graph and XLA, ``bench_nsf.ceiling``, 240 chains each, about as long
+    as one call), then one timed call; the
+    step's matrix work (``bench_nsf.step_gflop``) over its time, against the better of the two chains of that round.
+    Alternating in one process keeps the two measurements inside the same few seconds of a VM whose speed drifts."""
+    import statistics
+
+    from bench_nsf import ceiling, step_gflop
+
+    gflop = step_gflop(form, residual)
+    print(f"matrix work {gflop:.2f} GFLOP/step ({'residual' if residual else 'plain'} conditioner)")
+    print("| round | chain graph f32 | chain XLA f32 | ms/step | step GFLOP/s | of the better chain |\n"
+          "|---|---|---|---|---|---|")
+    ratios = []
+    for r in range(rounds):
+        chain = ceiling(threads, reps=240, dtypes=("float32",))  # ~3 s each, about one call
+        sec = _timed(call, batches, per_call)
+        best = max(chain["graph_float32"], chain["xla_float32"])
+        ratios.append(gflop / sec / best)
+        print(f"| {r + 1} | {chain['graph_float32']:.1f} | {chain['xla_float32']:.1f} | {sec * 1e3:.1f} | "
+              f"{gflop / sec:.1f} | {ratios[-1]:.2f} |", flush=True)
+    print(f"median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f} over {rounds} rounds")
 
 
 def _timed(call, batches, per_call):
