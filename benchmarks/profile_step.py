@@ -69,6 +69,8 @@ def main(argv=None):
                          "graph and XLA, float32) and one timed call, in this process; prints each round's ratio of "
                          "the step's matrix GFLOP/s to the better ceiling, then stops")
     args = ap.parse_args(argv)
+    if (args.plain or args.ceiling) and not args.flow.endswith("_paper"):
+        ap.error("--plain and --ceiling: the paper shapes only (nsf_ar_paper, nsf_c_paper)")
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_xprof_traceme" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_xprof_traceme=true").strip()
@@ -106,8 +108,6 @@ def main(argv=None):
                      per_call, jit=args.xla, matmul_dtype=args.matmul_dtype, shards=args.shards)
     call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)
     if args.ceiling:
-        if not args.flow.endswith("_paper"):
-            ap.error("--ceiling: the paper shapes only (nsf_ar_paper, nsf_c_paper)")
         return _against_ceiling(call, batches, per_call, form, not args.plain, args.ceiling, args.threads)
     best = min(_timed(call, batches, per_call) for _ in range(5))
     mode = ("XLA" if args.xla else "tf.function") + f", {args.matmul_dtype} products, {args.shards} shard(s)"
