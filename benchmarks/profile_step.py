@@ -148,9 +148,9 @@ def main(argv=None):
 
 def _against_ceiling(call, batches, per_call, form, residual, rounds, threads):
     """Each round: the float32 chain's GFLOP/s (graph and XLA, ``bench_nsf.ceiling``, 240 chains each, about as long
-    as one call), then one timed call; the
-    step's matrix work (``bench_nsf.step_gflop``) over its time, against the better of the two chains of that round.
-    Alternating in one process keeps the two measurements inside the same few seconds of a VM whose speed drifts."""
+    as one call), then one timed call; the step's matrix work (``bench_nsf.step_gflop``) over its time, against the
+    better of the two chains of that round.  Alternating in one process keeps the two measurements inside the same
+    few seconds of a VM whose speed drifts."""
     import statistics
 
     from bench_nsf import ceiling, step_gflop
