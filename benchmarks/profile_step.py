@@ -8,6 +8,7 @@ call, XLA's own per-kernel events (``--xla_cpu_enable_xprof_traceme``), summed b
     python benchmarks/profile_step.py nsf_ar_paper --threads 2 --shards 2 --no-profile  # TrainConfig.batch_shards
     python benchmarks/profile_step.py nsf_ar_paper --threads 2 --ceiling 8   # vs the matmul ceiling, alternating
     python benchmarks/profile_step.py nsf_c_paper --plain --no-xla --threads 2 --ceiling 8
+    python benchmarks/profile_step.py nsf_ar_paper --plain --threads 2 --spline-share 8   # the splines' share
 
 What runs: :class:`flows.training.TrainCall` (the call ``fit`` compiles: 32 steps in one ``tf.while_loop``, Adam
 with cosine decay, clipping at 5) on 32 batches of 512 real POWER rows, with ``jit_compile=True``, after two untimed
@@ -68,9 +69,14 @@ def main(argv=None):
                     help="paper shapes only: ROUNDS rounds alternating the matmul ceiling (bench_nsf.ceiling's chain, "
                          "graph and XLA, float32) and one timed call, in this process; prints each round's ratio of "
                          "the step's matrix GFLOP/s to the better ceiling, then stops")
+    ap.add_argument("--spline-share", type=int, default=0, metavar="ROUNDS",
+                    help="NSF with XLA only: ROUNDS timed calls alternating with the same call built with the splines "
+                         "replaced by a cheap stand-in (see _spline_share); prints the splines' share of the step")
     args = ap.parse_args(argv)
     if (args.plain or args.ceiling) and not args.flow.endswith("_paper"):
         ap.error("--plain and --ceiling: the paper shapes only (nsf_ar_paper, nsf_c_paper)")
+    if args.spline_share and not (args.flow.startswith("nsf") and args.xla):
+        ap.error("--spline-share: the NSF flows (nsf_c, nsf_ar, nsf_ar_paper, nsf_c_paper) under XLA only")
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_xprof_traceme" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_xprof_traceme=true").strip()
@@ -88,25 +94,32 @@ def main(argv=None):
     from flows.training import TrainCall, fused_adam, set_seed
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    set_seed(0)
-    if args.flow.endswith("_paper"):
-        import flows
-        from bench_nsf import hparams
-
-        form = "autoregressive" if args.flow == "nsf_ar_paper" else "coupling"
-        flow = flows.build_flow("nsf", [6], **hparams(form, residual=not args.plain))
-    else:
-        flow = our_flow(args.flow, 6, 5, 64)
     train = np.load(os.path.join(POWER, "train.npy"), mmap_mode="r")
     per_call, batch = 32, 512
     batches = np.stack([train[i * batch:(i + 1) * batch] for i in range(per_call)]).astype(np.float32)
-    flow.initialize(tf.constant(batches[0]))
-    schedule = keras.optimizers.schedules.CosineDecay(1e-3, 10_000)
-    opt = (keras.optimizers.Adam(schedule, global_clipnorm=5.0) if args.xla
-           else fused_adam(learning_rate=schedule, global_clipnorm=5.0))  # the optimizers fit uses in each mode
-    call = TrainCall(flow, opt, lambda b, s: (b, tf.zeros([], b.dtype)), tf.distribute.get_strategy(), batch,
-                     per_call, jit=args.xla, matmul_dtype=args.matmul_dtype, shards=args.shards)
-    call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)
+    form = {"nsf_ar_paper": "autoregressive", "nsf_c_paper": "coupling"}.get(args.flow)
+
+    def build_call():
+        set_seed(0)
+        if form:
+            import flows
+            from bench_nsf import hparams
+
+            flow = flows.build_flow("nsf", [6], **hparams(form, residual=not args.plain))
+        else:
+            flow = our_flow(args.flow, 6, 5, 64)
+        flow.initialize(tf.constant(batches[0]))
+        schedule = keras.optimizers.schedules.CosineDecay(1e-3, 10_000)
+        opt = (keras.optimizers.Adam(schedule, global_clipnorm=5.0) if args.xla
+               else fused_adam(learning_rate=schedule, global_clipnorm=5.0))  # the optimizers fit uses in each mode
+        call = TrainCall(flow, opt, lambda b, s: (b, tf.zeros([], b.dtype)), tf.distribute.get_strategy(), batch,
+                         per_call, jit=args.xla, matmul_dtype=args.matmul_dtype, shards=args.shards)
+        call(batches, per_call, 0, 1), call(batches, per_call, 0, 1)  # traced and compiled here
+        return call
+
+    call = build_call()
+    if args.spline_share:
+        return _spline_share(call, build_call, batches, per_call, args.spline_share)
     if args.ceiling:
         return _against_ceiling(call, batches, per_call, form, not args.plain, args.ceiling, args.threads)
     best = min(_timed(call, batches, per_call) for _ in range(5))
@@ -168,6 +181,39 @@ def _against_ceiling(call, batches, per_call, form, residual, rounds, threads):
         print(f"| {r + 1} | {chain['graph_float32']:.1f} | {chain['xla_float32']:.1f} | {sec * 1e3:.1f} | "
               f"{gflop / sec:.1f} | {ratios[-1]:.2f} |", flush=True)
     print(f"median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f} over {rounds} rounds")
+
+
+def _spline_share(call, build_call, batches, per_call, rounds):
+    """The splines' share of the step: the same call built again with the splines (``flows.spline._rqs_rows``, what
+    ``rqs`` runs inside an XLA training call) replaced while it is traced by a cheap stand-in that keeps the
+    parameters' gradient path (outputs ``x + 1e-3 sum(params)``, log-determinants ``1e-3 sum(params)``: one
+    reduction, no bins), then ``rounds`` timed calls of each, alternating in this process."""
+    import statistics
+
+    import tensorflow as tf
+    from flows import spline
+
+    def stand_in(inputs, params, num_bins, tail_bound, inverse):
+        z = 1e-3 * tf.reduce_sum(params, axis=-1)
+        return inputs + z, z
+
+    real, spline._rqs_rows = spline._rqs_rows, stand_in
+    try:
+        without = build_call()
+    finally:
+        spline._rqs_rows = real
+    times = {"with": [], "without": []}
+    print("| round | with the splines (ms/step) | without (ms/step) | share |\n|---|---|---|---|")
+    for r in range(rounds):
+        pair = [("with", call), ("without", without)]
+        for name, c in (pair if r % 2 == 0 else pair[::-1]):
+            times[name].append(_timed(c, batches, per_call) * 1e3)
+        print(f"| {r + 1} | {times['with'][-1]:.1f} | {times['without'][-1]:.1f} | "
+              f"{1 - times['without'][-1] / times['with'][-1]:.2f} |", flush=True)
+    shares = [1 - b / a for a, b in zip(times["with"], times["without"])]
+    print(f"medians: {statistics.median(times['with']):.1f} ms/step with the splines, "
+          f"{statistics.median(times['without']):.1f} without; share {statistics.median(shares):.2f} "
+          f"(range {min(shares):.2f}-{max(shares):.2f} over {rounds} rounds)")
 
 
 def _timed(call, batches, per_call):
