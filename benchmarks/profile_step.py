@@ -77,6 +77,8 @@ def main(argv=None):
         ap.error("--plain and --ceiling: the paper shapes only (nsf_ar_paper, nsf_c_paper)")
     if args.spline_share and not (args.flow.startswith("nsf") and args.xla):
         ap.error("--spline-share: the NSF flows (nsf_c, nsf_ar, nsf_ar_paper, nsf_c_paper) under XLA only")
+    if args.spline_share and args.ceiling:
+        ap.error("--spline-share and --ceiling: one at a time (each alternates its own timed calls)")
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_xprof_traceme" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_xprof_traceme=true").strip()
